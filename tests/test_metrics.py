@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+
+from vqlib import metrics
+
+
+def test_psnr_known_value_and_per_image_mean():
+    x = torch.zeros(2, 1, 4, 4)
+    x_hat = x.clone()
+    x_hat[0] += 0.1  # mse 0.01 -> 20 dB
+    x_hat[1] += 0.01  # mse 1e-4 -> 40 dB
+    assert metrics.psnr(x, x_hat).item() == pytest.approx(30.0, abs=1e-4)
+
+
+def test_psnr_matches_torchmetrics_per_image():
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    x, x_hat = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
+    per_image = peak_signal_noise_ratio(x_hat, x, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    torch.testing.assert_close(metrics.psnr(x, x_hat), per_image.mean())
+
+
+def test_ssim_is_one_for_identical_images_and_lower_for_noise():
+    x = torch.rand(2, 1, 16, 16)
+    assert metrics.ssim(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert metrics.ssim(x, (x + 0.3 * torch.randn_like(x)).clamp(0, 1)).item() < 0.9
+
+
+@pytest.mark.parametrize("fn", [metrics.psnr, metrics.ssim])
+def test_image_metrics_refuse_mismatched_or_empty(fn):
+    with pytest.raises(ValueError, match="same shape"):
+        fn(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 5))
+    with pytest.raises(ValueError, match="non-empty batch"):
+        fn(torch.zeros(0, 1, 4, 4), torch.zeros(0, 1, 4, 4))
+
+
+def test_code_counts_usage_and_perplexity():
+    counts = metrics.code_counts([torch.tensor([[0, 1], [1, 3]]), torch.tensor([3, 3])], codebook_size=5)
+    assert counts.tolist() == [1, 2, 0, 3, 0]
+    assert metrics.codebook_usage(counts) == pytest.approx(3 / 5)
+    p = torch.tensor([1, 2, 3]) / 6
+    assert metrics.perplexity(counts) == pytest.approx(math.exp(-(p * p.log()).sum().item()))
+    assert metrics.perplexity(torch.full((8,), 5)) == pytest.approx(8.0)
+    assert metrics.perplexity(torch.tensor([0, 9, 0])) == pytest.approx(1.0)
+
+
+def test_code_counts_bad_indices():
+    with pytest.raises(TypeError, match="torch.long"):
+        metrics.code_counts(torch.tensor([0.0, 1.0]), 4)
+    with pytest.raises(ValueError, match=r"\[0, 4\).*\[0, 4\]"):
+        metrics.code_counts(torch.tensor([0, 4]), 4)
+
+
+def test_code_bits():
+    assert metrics.code_bits((7, 7), 256) == 7 * 7 * 8
+    assert metrics.code_bits((4, 8, 8), 1024) == 4 * 8 * 8 * 10

@@ -1,0 +1,331 @@
+"""One training loop for every chapter.
+
+``fit`` trains a model in place: it places the model and each batch on a device, runs the
+optimiser with optional mixed precision on CUDA, shows a progress bar, records a history of
+losses and metrics, evaluates periodically, stops after a step or a time budget, writes atomic
+checkpoints and resumes from them (an interrupted run loses at most one checkpoint interval), and
+stops on NaN/inf with a message that names the step and the loss term.
+
+A chapter gets "the trained model for this config and profile" by passing
+``checkpoint=checkpoint_path(name, model.config, train_config)``: a finished checkpoint is loaded
+instead of retrained, so later chapters reuse earlier models.
+
+The loss function is the one thing a model brings: ``loss_fn(model, batch) -> dict`` of scalar
+tensors, whose ``"loss"`` entry is optimised and whose other entries are logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from vqlib.profile import current_profile, default_device
+
+LossFn = Callable[[nn.Module, tuple], Mapping[str, torch.Tensor]]
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int  # optimiser steps in all
+    batch_size: int = 128
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up of the learning rate
+    cosine: bool = False  # cosine decay to 0 after the warm-up
+    grad_clip: float | None = None  # max global gradient norm
+    max_seconds: float | None = None  # wall-clock budget; the run stops early when it is spent
+    eval_every: int = 0  # steps between evaluations; 0 = only at the end
+    log_every: int = 25  # steps averaged into one history record
+    checkpoint_every: int = 500  # steps between checkpoints (when a checkpoint path is given)
+    amp: bool = True  # bfloat16 autocast, on CUDA only; distances and argmin stay float32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got steps={self.steps}, "
+                             f"batch_size={self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class History:
+    """What a run recorded: ``train`` and ``eval`` are lists of ``{"step": s, name: value, ...}``."""
+
+    train: list[dict[str, float]] = field(default_factory=list)
+    eval: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0  # steps done
+    seconds: float = 0.0  # training wall time, summed over resumed runs
+    stopped: str = ""  # why the run ended: "steps" or "time"
+
+    def series(self, key: str, split: str = "train") -> tuple[list[int], list[float]]:
+        """(steps, values) of one logged quantity, for plotting."""
+        rows = [r for r in getattr(self, split) if key in r]
+        if not rows:
+            known = sorted({k for r in getattr(self, split) for k in r} - {"step"})
+            raise KeyError(f"no {split} series {key!r}; recorded: {known}")
+        return [int(r["step"]) for r in rows], [r[key] for r in rows]
+
+    def last(self, key: str, split: str = "eval") -> float:
+        """The last recorded value of ``key`` (default: from the evaluations)."""
+        return self.series(key, split)[1][-1]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def cache_dir() -> Path:
+    """Where vqlib caches downloads and checkpoints: ``$VQLIB_CACHE``, else ``~/.cache/vqlib``."""
+    root = Path(os.environ.get("VQLIB_CACHE") or Path.home() / ".cache" / "vqlib").expanduser()
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"VQLIB_CACHE must name a directory, but {root} is a file")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def config_dict(config: Any) -> dict:
+    """A JSON-friendly dict of a (dataclass) config; ``{}`` for None."""
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config):
+        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    if isinstance(config, Mapping):
+        return json.loads(json.dumps(dict(config), default=str))
+    raise TypeError(f"expected a dataclass config or a mapping, got {type(config).__name__}")
+
+
+def checkpoint_path(name: str, *configs: Any, profile: str | None = None) -> Path:
+    """The cache path of a trained model: one file per name, profile and exact configs."""
+    blob = json.dumps([config_dict(c) for c in configs], sort_keys=True).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:10]
+    return cache_dir() / "checkpoints" / f"{name}-{profile or current_profile()}-{digest}.pt"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _meta(model: nn.Module, config: TrainConfig) -> dict:
+    # What must match for a checkpoint to be resumed. Budgets (steps, time, logging) may change.
+    budget = {"steps", "max_seconds", "eval_every", "log_every", "checkpoint_every"}
+    train = {k: v for k, v in config_dict(config).items() if k not in budget}
+    return {"model": type(model).__qualname__, "model_config": config_dict(getattr(model, "config", None)),
+            "train_config": train}
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, config: TrainConfig | None = None) -> dict:
+    """Load weights into ``model`` and return the checkpoint dict.
+
+    With ``config``, the checkpoint must have been written by the same model class, model config
+    and training config (budgets aside); otherwise a ValueError says what differs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable vqlib checkpoint ({err}); delete it to retrain") from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise ValueError(f"{path} is not a vqlib checkpoint (expected a dict with 'model' and 'meta')")
+    expected = _meta(model, config) if config is not None else {
+        "model": type(model).__qualname__, "model_config": config_dict(getattr(model, "config", None))}
+    for key, want in expected.items():
+        got = ckpt["meta"].get(key)
+        if got != want:
+            raise ValueError(f"checkpoint {path} was written with a different {key.replace('_', ' ')}:\n"
+                             f"  in the checkpoint: {got}\n  expected:          {want}\n"
+                             "use another checkpoint path, or delete the file to retrain")
+    model.load_state_dict(ckpt["model"])
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- data
+
+def _batches(data: Dataset, batch_size: int, seed: int, start_step: int) -> Iterator[tuple]:
+    """An endless stream of shuffled batches; the order depends only on (seed, step), so a
+    resumed run sees exactly the batches the interrupted run would have seen."""
+    n = len(data)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("the training dataset is empty")
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        chunks = order[: per_epoch * batch_size].view(per_epoch, batch_size)[offset:]
+        if isinstance(data, TensorDataset):  # fancy indexing: no per-sample collation
+            yield from (tuple(t[idx] for t in data.tensors) for idx in chunks)
+        else:
+            loader = DataLoader(data, batch_sampler=chunks.tolist())
+            yield from (tuple(b) if isinstance(b, (list, tuple)) else (b,) for b in loader)
+        epoch, offset = epoch + 1, 0
+
+
+def _to(batch: tuple, device: torch.device) -> tuple:
+    return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _progress_wanted() -> bool:
+    # In the book build (VQLIB_BUILD=1) a bar would be frozen into the page: print a summary instead.
+    return os.environ.get("VQLIB_BUILD", "") in ("", "0")
+
+
+def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if not config.cosine:
+            return 1.0
+        done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return factor
+
+
+def _check_finite(terms: Mapping[str, torch.Tensor], step: int) -> None:
+    for name, value in terms.items():
+        if not torch.isfinite(value.detach()).all():
+            raise FloatingPointError(
+                f"step {step}: loss term {name!r} is {value.detach().float().mean().item()}; training stopped "
+                "before the update, and the last checkpoint is intact. Try a lower lr or grad_clip.")
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, eval_fn: EvalFn) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        return {k: float(v) for k, v in eval_fn(model).items()}
+    finally:
+        model.train(was_training)
+
+
+def _finished(history: History, config: TrainConfig) -> bool:
+    # A run stopped by its time budget counts as finished unless the budget has since grown.
+    out_of_time = config.max_seconds is not None and history.seconds >= config.max_seconds
+    return history.steps >= config.steps or (history.stopped == "time" and out_of_time)
+
+
+def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *,
+        eval_fn: EvalFn | None = None, checkpoint: str | Path | None = None,
+        device: torch.device | str | None = None, progress: bool | None = None,
+        optimizer: torch.optim.Optimizer | None = None) -> History:
+    """Train ``model`` in place on ``data`` and return its History.
+
+    ``loss_fn(model, batch)`` gets the batch as a tuple of tensors on the device and returns a dict
+    of scalar tensors with a ``"loss"`` entry. ``eval_fn(model)`` (optional) runs under
+    ``torch.no_grad()`` in eval mode and returns metrics. With ``checkpoint``, an existing file is
+    resumed (or, if finished, just loaded) and the file is rewritten atomically every
+    ``config.checkpoint_every`` steps and at the end. The default optimiser is AdamW.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device).train()
+    opt = optimizer or torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+                                         weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(config))
+    history = History()
+    meta = _meta(model, config)
+
+    if checkpoint is not None and Path(checkpoint).exists():
+        ckpt = load_checkpoint(checkpoint, model, config)
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        history = History(**ckpt["history"])
+        model.to(device)
+
+    def save() -> None:
+        if checkpoint is not None:
+            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "history": dataclasses.asdict(history),
+                         "meta": meta}, checkpoint)
+
+    if _finished(history, config):
+        model.eval()
+        return history
+
+    use_amp = config.amp and device.type == "cuda"
+    show = _progress_wanted() if progress is None else progress
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=config.steps, initial=history.steps, desc=type(model).__name__, leave=True)
+    started, seconds_before = time.perf_counter(), history.seconds
+    sums: dict[str, float] = {}
+    count = 0
+    batches = _batches(data, config.batch_size, config.seed, history.steps)
+    torch.manual_seed(config.seed + history.steps)  # dropout/sampling noise repeats on resume
+    history.stopped = ""
+    try:
+        for step in range(history.steps, config.steps):
+            batch = _to(next(batches), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                terms = loss_fn(model, batch)
+            if "loss" not in terms:
+                raise KeyError(f"loss_fn must return a dict with a 'loss' entry, got keys {list(terms)}")
+            _check_finite(terms, step)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            history.steps = step + 1
+            history.seconds = seconds_before + time.perf_counter() - started
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            count += 1
+            if count == config.log_every or history.steps == config.steps:
+                history.train.append({"step": history.steps, **{k: s / count for k, s in sums.items()}})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{history.train[-1]['loss']:.4g}", refresh=False)
+                sums, count = {}, 0
+            out_of_time = config.max_seconds is not None and history.seconds >= config.max_seconds
+            last = history.steps == config.steps or out_of_time
+            if last:
+                history.stopped = "time" if history.steps < config.steps else "steps"
+            if eval_fn is not None and (last or (config.eval_every and history.steps % config.eval_every == 0)):
+                history.eval.append({"step": history.steps, **_evaluate(model, eval_fn)})
+            if last or history.steps % config.checkpoint_every == 0:
+                save()
+            if bar is not None:
+                bar.update(1)
+            if last:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if not show:
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in history.train[-1].items() if k != "step")
+        print(f"{type(model).__name__}: {history.steps} steps in {history.seconds:.0f} s "
+              f"(stopped by {history.stopped}); last train {summary}")
+    model.eval()
+    return history
