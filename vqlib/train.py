@@ -6,6 +6,10 @@ losses and metrics, evaluates periodically, stops after a step or a time budget,
 checkpoints and resumes from them (an interrupted run loses at most one checkpoint interval), and
 stops on NaN/inf with a message that names the step and the loss term.
 
+Launched by ``torchrun``, the same call trains on several processes with DistributedDataParallel
+(see ``vqlib.distributed``): ``batch_size`` is the global batch, each process gets its slice,
+and only rank 0 logs, shows progress and writes checkpoints, which resume on any number of processes.
+
 A chapter gets "the trained model for this config and profile" by passing
 ``checkpoint=checkpoint_path(name, model.config, train_config)``: a finished checkpoint is loaded
 instead of retrained, so later chapters reuse earlier models.
@@ -31,7 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from vqlib.profile import current_profile, default_device
+from vqlib import distributed as dist
+from vqlib.profile import current_profile
 
 LossFn = Callable[[nn.Module, tuple], Mapping[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
@@ -167,18 +172,25 @@ def load_checkpoint(path: str | Path, model: nn.Module, config: TrainConfig | No
 
 # ----------------------------------------------------------------------------- data
 
-def _batches(data: Dataset, batch_size: int, seed: int, start_step: int) -> Iterator[tuple]:
+def _batches(data: Dataset, batch_size: int, seed: int, start_step: int,
+             rank: int = 0, world: int = 1) -> Iterator[tuple]:
     """An endless stream of shuffled batches; the order depends only on (seed, step), so a
-    resumed run sees exactly the batches the interrupted run would have seen."""
+    resumed run sees exactly the batches the interrupted run would have seen, on any number of
+    processes. ``batch_size`` is global: process ``rank`` of ``world`` gets its contiguous slice."""
     n = len(data)  # type: ignore[arg-type]
     if n == 0:
         raise ValueError("the training dataset is empty")
-    batch_size = min(batch_size, n)
+    if n < world:
+        raise ValueError(f"the training dataset has {n} examples, fewer than the {world} processes")
+    batch_size = min(batch_size, n - n % world)
+    if batch_size % world:
+        raise ValueError(f"the global batch of {batch_size} cannot be split evenly over {world} processes: "
+                         "choose a batch_size divisible by the number of processes")
     per_epoch = n // batch_size
     epoch, offset = divmod(start_step, per_epoch)
     while True:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        chunks = order[: per_epoch * batch_size].view(per_epoch, batch_size)[offset:]
+        chunks = order[: per_epoch * batch_size].view(per_epoch, world, batch_size // world)[offset:, rank]
         if isinstance(data, TensorDataset):  # fancy indexing: no per-sample collation
             yield from (tuple(t[idx] for t in data.tensors) for idx in chunks)
         else:
@@ -210,11 +222,35 @@ def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
 
 
 def _check_finite(terms: Mapping[str, torch.Tensor], step: int) -> None:
-    for name, value in terms.items():
-        if not torch.isfinite(value.detach()).all():
-            raise FloatingPointError(
-                f"step {step}: loss term {name!r} is {value.detach().float().mean().item()}; training stopped "
-                "before the update, and the last checkpoint is intact. Try a lower lr or grad_clip.")
+    bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
+    if dist.is_distributed():  # every process must stop together, or the others wait forever
+        flag = torch.tensor([float(bool(bad))], device=terms["loss"].device)
+        if dist.all_reduce_sum(flag).item() and not bad:
+            raise FloatingPointError(f"step {step}: another process met a non-finite loss; training stopped")
+    if bad:
+        value = terms[bad[0]].detach().float().mean().item()
+        raise FloatingPointError(
+            f"step {step}: loss term {bad[0]!r} is {value}; training stopped before the update, and the "
+            "last checkpoint is intact. Try a lower lr or grad_clip.")
+
+
+class _Objective(nn.Module):
+    """model + loss_fn as one module, so DistributedDataParallel synchronises the gradients of
+    every parameter the loss touches, whichever model methods (encode, decode, ...) it calls."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: tuple) -> Mapping[str, torch.Tensor]:
+        return self.loss_fn(self.model, batch)
+
+
+def _mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    if not dist.is_distributed():
+        return values
+    t = dist.all_reduce_sum(torch.tensor(list(values.values()), dtype=torch.float64, device=device))
+    return dict(zip(values, (t / dist.world_size()).tolist()))
 
 
 @torch.no_grad()
@@ -247,7 +283,8 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    device = torch.device(device) if device is not None else default_device()
+    launched_device = dist.init_from_env()  # joins a torchrun process group, if any
+    device = torch.device(device) if device is not None else launched_device
     model.to(device).train()
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                          weight_decay=config.weight_decay)
@@ -263,7 +300,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
         model.to(device)
 
     def save() -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and dist.is_main():
             atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "history": dataclasses.asdict(history),
                          "meta": meta}, checkpoint)
@@ -273,7 +310,15 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
         return history
 
     use_amp = config.amp and device.type == "cuda"
-    show = _progress_wanted() if progress is None else progress
+    objective: nn.Module = _Objective(model, loss_fn)
+    if dist.is_distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        # broadcast_buffers=False: buffers that must agree (EMA codebooks) synchronise themselves
+        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                                            broadcast_buffers=False)
+    main = dist.is_main()
+    show = main and (_progress_wanted() if progress is None else progress)
     bar = None
     if show:
         from tqdm.auto import tqdm
@@ -281,14 +326,14 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
     started, seconds_before = time.perf_counter(), history.seconds
     sums: dict[str, float] = {}
     count = 0
-    batches = _batches(data, config.batch_size, config.seed, history.steps)
+    batches = _batches(data, config.batch_size, config.seed, history.steps, dist.rank(), dist.world_size())
     torch.manual_seed(config.seed + history.steps)  # dropout/sampling noise repeats on resume
     history.stopped = ""
     try:
         for step in range(history.steps, config.steps):
             batch = _to(next(batches), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                terms = loss_fn(model, batch)
+                terms = objective(batch)
             if "loss" not in terms:
                 raise KeyError(f"loss_fn must return a dict with a 'loss' entry, got keys {list(terms)}")
             _check_finite(terms, step)
@@ -304,7 +349,8 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             count += 1
             if count == config.log_every or history.steps == config.steps:
-                history.train.append({"step": history.steps, **{k: s / count for k, s in sums.items()}})
+                means = _mean_over_processes({k: s / count for k, s in sums.items()}, device)
+                history.train.append({"step": history.steps, **means})
                 if bar is not None:
                     bar.set_postfix(loss=f"{history.train[-1]['loss']:.4g}", refresh=False)
                 sums, count = {}, 0
@@ -323,7 +369,8 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
     finally:
         if bar is not None:
             bar.close()
-    if not show:
+    dist.barrier()  # the checkpoint is complete before any process reads it
+    if main and not show:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in history.train[-1].items() if k != "step")
         print(f"{type(model).__name__}: {history.steps} steps in {history.seconds:.0f} s "
               f"(stopped by {history.stopped}); last train {summary}")

@@ -1,0 +1,49 @@
+"""Train one of the book's models from the command line, on one process or on many.
+
+    python scripts/train.py mnist-vqvae                          # one process
+    torchrun --nproc_per_node=4 scripts/train.py mnist-vqvae     # four GPUs (or CPU processes)
+    python scripts/train.py --list
+
+The trained model lands in the checkpoint cache (``$VQLIB_CACHE``, default ``~/.cache/vqlib``),
+where the chapters find it instead of training it again. An interrupted run resumes from its
+last checkpoint when started again, with the same or another number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+RECIPES = {  # name -> "module:function"; each function trains with vqlib.train.fit and returns (model, history)
+    "mnist-vae": "vqlib.vae:train_mnist_vae",
+    "mnist-autoencoder": "vqlib.vae:train_mnist_autoencoder",
+    "mnist-vqvae": "vqlib.vqvae:train_mnist_vqvae",
+    "mnist-classifier": "vqlib.classifier:train_mnist_classifier",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?", choices=sorted(RECIPES), help="what to train")
+    parser.add_argument("--profile", choices=("smoke", "quick", "full"),
+                        help="compute profile (default: $VQLIB_PROFILE, else chosen from the hardware)")
+    parser.add_argument("--list", action="store_true", help="list the recipes and exit")
+    args = parser.parse_args()
+    if args.list or args.recipe is None:
+        print("\n".join(f"{name:20s} {target}" for name, target in sorted(RECIPES.items())))
+        return
+    if args.profile:
+        os.environ["VQLIB_PROFILE"] = args.profile  # before vqlib reads it
+    module, function = RECIPES[args.recipe].split(":")
+    model, history = getattr(importlib.import_module(module), function)()
+
+    from vqlib import distributed
+
+    if distributed.is_main():
+        print(f"{args.recipe}: {history.steps} steps, {history.seconds:.0f} s; last train loss "
+              f"{history.series('loss')[1][-1]:.4g}; eval {history.eval[-1] if history.eval else {}}")
+
+
+if __name__ == "__main__":
+    main()
