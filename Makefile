@@ -1,6 +1,8 @@
 # Discrete Latents: build the book and run the tests. Everything installs into $(VENV).
 #   make book   create the environment, execute every chapter (profile $(PROFILE)), write _build/html
 #   make test   create the environment, run the unit tests and execute every chapter in `smoke`
+#   make classroom      student and teacher notebooks of every chapter in classroom/
+#   make browser-test   the built book in headless Chromium, with screenshots in _build/screenshots/
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ JOBS ?= 2
 # A reader on a CPU-only machine elsewhere may set TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install test unit chapters book ci bench classroom clean
+.PHONY: install test unit chapters book ci bench classroom browser-test clean
 
 install: $(VENV)/.installed
 
@@ -23,20 +25,36 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	MPLBACKEND=Agg $(BIN)/python -c "import matplotlib.pyplot"
 	touch $@
 
+# one thread per test process: JOBS processes share the cores (small models run slower on oversubscribed threads)
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 test: install
-	$(BIN)/python -m pytest -n $(JOBS) -q
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(JOBS) -q
 
 unit: install
-	$(BIN)/python -m pytest -n $(JOBS) -q -m "not chapter"
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(JOBS) -q -m "not chapter"
 
 chapters: install
-	$(BIN)/python -m pytest -n $(JOBS) -q -m chapter
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(JOBS) -q -m chapter
 
 book: install
 	VQLIB_BUILD=1 VQLIB_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "The book is at _build/html/index.html"
 
 ci: test book
+
+# student notebooks (solutions replaced by stubs) and teacher notebooks, one per chapter, in classroom/
+classroom: install
+	$(BIN)/python book/classroom.py --out classroom
+
+# the built book (run `make book` first) in headless Chromium; needs Debian's chromium and chromium-driver.
+# Screenshots of every page go to _build/screenshots/.
+browser-test: $(VENV)/.browser
+	$(BIN)/python -m pytest -q tests/browser
+
+$(VENV)/.browser: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[browser]"
+	touch $@
 
 bench: install
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"

@@ -7,6 +7,9 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+# one thread per test process: `make test` runs two processes on two cores, and small models run
+# several times slower when their threads wait for a core
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

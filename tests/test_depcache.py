@@ -53,3 +53,10 @@ def test_real_chapters_depend_on_the_library():
     for chapter in sorted((ROOT / "chapters").glob("*.md")):
         files = dc.dependency_files(ROOT, chapter.read_text())
         assert ROOT / "vqlib" / "__init__.py" in files, chapter.name
+
+
+def test_hash_changes_with_the_profile(tmp_path):
+    make_package(tmp_path)
+    chapter = tmp_path / "ch.md"
+    chapter.write_text(CHAPTER)
+    assert dc.dependency_hash(tmp_path, chapter, "smoke") != dc.dependency_hash(tmp_path, chapter, "quick")

@@ -15,7 +15,8 @@ def _name(requirement: str) -> str:
 
 def _pyproject() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["book"] + project["optional-dependencies"]["test"]
+    groups = project["optional-dependencies"]
+    reqs = project["dependencies"] + [r for group in groups.values() for r in group]  # every extra
     return {_name(r): r.replace(" ", "") for r in reqs}
 
 

