@@ -63,16 +63,16 @@ def _module_file(root: Path, module: str) -> Path | None:
 
 def dependency_files(root: Path, source: str) -> list[Path]:
     """All vqlib files that ``source`` imports, directly or through other vqlib files."""
-    todo, seen = list(_imported_modules(source)), {}
+    todo, seen = list(_imported_modules(source)), set()
     while todo:
-        module = todo.pop()
+        parts = todo.pop().split(".")
         # importing vqlib.a.b runs vqlib/__init__.py and vqlib/a/__init__.py too
-        for i in range(1, len(module.split(".")) + 1):
-            path = _module_file(root, ".".join(module.split(".")[:i]))
-            if path is not None and path not in seen.values():
-                seen[module] = path
+        for i in range(1, len(parts) + 1):
+            path = _module_file(root, ".".join(parts[:i]))
+            if path is not None and path not in seen:
+                seen.add(path)
                 todo.extend(_imported_modules(path.read_text()))
-    return sorted(set(seen.values()))
+    return sorted(seen)
 
 
 def dependency_hash(root: Path, chapter: Path, profile: str = "") -> str:
