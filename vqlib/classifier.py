@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqlib.profile import pick
-from vqlib.train import History, TrainConfig, checkpoint_path, fit
+from vqlib.train import History, TrainConfig, checkpoint_path, fit, in_batches
 
 
 @dataclass(frozen=True)
@@ -84,18 +84,6 @@ def classifier_loss(model: Classifier, batch: tuple) -> dict[str, torch.Tensor]:
     x, y = batch
     logits = model(x)  # (B, num_classes)
     return {"loss": F.cross_entropy(logits, y), "accuracy": (logits.argmax(1) == y).float().mean()}
-
-
-@torch.no_grad()
-def in_batches(fn, model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """fn applied to x (N, ...) in batches on the model's device, in eval mode, concatenated on the CPU."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        return torch.cat([fn(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def features(model: Classifier, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:

@@ -55,9 +55,9 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, ax: plt.Axes | None = N
                title: str | None = None) -> plt.Axes:
     """Show a batch (B, C, H, W) as one grid and return the Axes."""
     if ax is None:
-        grid_rows = math.ceil(x.shape[0] / (nrow or math.ceil(math.sqrt(max(1, x.shape[0])))))
         ncol = nrow or math.ceil(math.sqrt(max(1, x.shape[0])))
-        _, ax = plt.subplots(figsize=(min(12, 0.6 * ncol + 1), min(12, 0.6 * grid_rows + 0.6)))
+        rows = math.ceil(x.shape[0] / ncol)
+        _, ax = plt.subplots(figsize=(min(12, 0.6 * ncol + 1), min(12, 0.6 * rows + 0.6)))
     return _show(ax, make_grid(x, nrow), title)
 
 

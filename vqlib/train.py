@@ -203,6 +203,18 @@ def _to(batch: tuple, device: torch.device) -> tuple:
     return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
 
 
+@torch.no_grad()
+def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """fn applied to x (N, ...) in batches on the model's device, in eval mode, concatenated on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        return torch.cat([fn(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def _progress_wanted() -> bool:

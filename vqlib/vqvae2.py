@@ -42,7 +42,7 @@ from vqlib.pixelcnn import PixelCNN, PixelCNNConfig
 from vqlib.priors import check_sampling, check_tokens, train_prior
 from vqlib.profile import pick, seed_everything
 from vqlib.quantizers import EMAVectorQuantizer, QuantizerOutput
-from vqlib.train import History, TrainConfig, checkpoint_path, fit
+from vqlib.train import History, TrainConfig, checkpoint_path, fit, in_batches
 from vqlib.vqvae import Decoder, Encoder, VQVAE, VQVAEConfig, vqvae_loss
 
 
@@ -213,17 +213,9 @@ class BottomPrior(nn.Module):
 
 # ----------------------------------------------------------------------------- training recipes
 
-@torch.no_grad()
 def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """A one- or two-level model's reconstructions of x (N, C, H, W), clipped to [0, 1], on the CPU."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        return torch.cat([model(x[i:i + batch_size].to(device)).x_hat.clamp(0, 1).cpu()
-                          for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
+    return in_batches(lambda batch: model(batch).x_hat.clamp(0, 1), model, x, batch_size)
 
 
 def image_scores(model: nn.Module, data: TensorDataset) -> dict[str, float]:
