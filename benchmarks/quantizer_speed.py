@@ -10,9 +10,12 @@ medians taken minutes apart.
 Compared: vqlib's ``VectorQuantizer`` and ``EMAVectorQuantizer``; seed 004's one-hot quantizer
 (``vqlib.errata``); and ``vector-quantize-pytorch`` configured alike (EMA, decay 0.99,
 commitment weight 0.25, dead-code restarts below one vector per batch, no rotation trick), when
-it is installed (``pip install -e ".[bench]"``).
+it is installed (``pip install -e ".[bench]"``). Then chapter 6's quantizers, each with 512 codes
+per position where it has a codebook size: l2-normalised factorized codes (d = 8), the EMA
+quantizer with the rotation trick, residual VQ (2 stages of 512 codes: twice the bits), FSQ with
+levels 8·8·8 and LFQ with 9 bits (``--no-chapter6`` leaves them out).
 
-Run: ``python benchmarks/quantizer_speed.py [--repeats 15] [--threads 2]``
+Run: ``python benchmarks/quantizer_speed.py [--repeats 15] [--threads 2] [--no-chapter6]``
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ import torch
 from torch import nn
 
 from vqlib import errata
+from vqlib.factorized import FactorizedQuantizer
+from vqlib.fsq import FiniteScalarQuantizer
+from vqlib.lfq import LookupFreeQuantizer
 from vqlib.quantizers import EMAVectorQuantizer, VectorQuantizer
+from vqlib.residual_vq import ResidualVectorQuantizer
+from vqlib.rotation import RotationTrickQuantizer
 
 N, K, D = 16_384, 512, 64
 B, H, W = 16, 32, 32  # z_e is (B, D, H, W) with B·H·W = N
@@ -51,7 +59,10 @@ def training_step(quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.T
         z_e.grad = None
         module.zero_grad(set_to_none=True)
         z_q, loss = quantize(z_e)
-        torch.autograd.backward((z_q, loss), (grad, one))
+        if loss.requires_grad:
+            torch.autograd.backward((z_q, loss), (grad, one))
+        else:  # FSQ has no loss
+            z_q.backward(grad)
     return step
 
 
@@ -76,6 +87,18 @@ def candidates(z_e: torch.Tensor) -> dict[str, tuple[nn.Module, Callable]]:
     return out
 
 
+def chapter6_candidates() -> dict[str, tuple[nn.Module, Callable]]:
+    """Chapter 6's quantizers at K = 512 codes (residual VQ: 2 stages of 512), same interface."""
+    modules = {
+        "vqlib FactorizedQuantizer (l2, d=8)": FactorizedQuantizer(K, D, low_dim=8),
+        "vqlib RotationTrickQuantizer (EMA inside)": RotationTrickQuantizer(EMAVectorQuantizer(K, D)),
+        "vqlib ResidualVectorQuantizer (2 stages)": ResidualVectorQuantizer(2, K, D),
+        "vqlib FiniteScalarQuantizer (8·8·8 levels)": FiniteScalarQuantizer((8, 8, 8), D),
+        "vqlib LookupFreeQuantizer (9 bits)": LookupFreeQuantizer(9, D),
+    }
+    return {name: (m, (lambda module: lambda z: module(z)[:2])(m)) for name, m in modules.items()}
+
+
 def seconds(step: Callable[[], None]) -> float:
     started = time.perf_counter()
     step()
@@ -87,6 +110,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per quantiser (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed repeats first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--no-chapter6", action="store_true", help="leave out chapter 6's quantizers")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,7 +121,8 @@ def main() -> None:
     print(f"N={N} vectors (z_e {B}×{D}×{H}×{W}), K={K} codes, D={D}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} repeats after {args.warmup} warm-up\n")
     print(f"{'quantiser (forward + backward, training mode)':52s} {'ms':>8s} {'bound ms':>9s} {'× bound':>8s}")
-    for name, (module, quantize) in candidates(z_e).items():
+    compared = candidates(z_e) | ({} if args.no_chapter6 else chapter6_candidates())
+    for name, (module, quantize) in compared.items():
         step = training_step(quantize, module, z_e, grad)
         for _ in range(args.warmup):
             step(), bound()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqlib.quantizers import (EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, straight_through,
+from vqlib.quantizers import (EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, kmeans, nearest_code, straight_through,
                               straight_through_with_loss)
 
 QUANTIZERS = [VectorQuantizer, EMAVectorQuantizer]
@@ -335,3 +335,57 @@ def test_channels_last_latents_are_quantized_like_contiguous_ones():
     torch.testing.assert_close(out_cl.z_q, out.z_q)
     torch.testing.assert_close(out_cl.loss, out.loss)
     out_cl.loss.backward()  # the fused straight-through backward also takes strided input
+
+
+def test_kmeans_converges_to_a_fixed_point_that_beats_its_start():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    vectors = (centres[:, None] + torch.randn(3, 50, 2)).reshape(-1, 2)  # (150, 2)
+    torch.manual_seed(1)
+    start = kmeans(vectors, k=3, iters=0)  # k rows of the data
+    assert all((vectors == row).all(1).any() for row in start)
+    torch.manual_seed(1)
+    got = kmeans(vectors, k=3, iters=50)
+    assign = torch.cdist(vectors, got).argmin(1)  # brute force
+    for j in range(3):  # Lloyd's fixed point: every centroid is the mean of its rows
+        torch.testing.assert_close(got[j], vectors[assign == j].mean(0))
+    inertia = lambda c: torch.cdist(vectors, c).min(1).values.pow(2).sum()  # noqa: E731
+    assert inertia(got) < inertia(start)
+    with pytest.raises(ValueError, match="iters ≥ 0"):
+        kmeans(vectors, k=2, iters=-1)
+
+
+def test_kmeans_step_moves_each_centroid_to_the_mean_of_its_rows():
+    vectors = torch.tensor([[0.0], [1.0], [9.0], [11.0], [30.0]])
+    torch.manual_seed(3)
+    start = vectors[torch.randint(5, (2,))]
+    torch.manual_seed(3)
+    got = kmeans(vectors, k=2, iters=1)
+    assign = (vectors - start.T).abs().argmin(1)  # brute force
+    want = torch.stack([vectors[assign == j].mean(0) if (assign == j).any() else start[j] for j in range(2)])
+    torch.testing.assert_close(got, want)
+
+
+def test_ema_kmeans_init_starts_from_centroids_once(monkeypatch):
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    z_e = (centres[:, None] + 0.1 * torch.randn(2, 64, 2)).reshape(1, 128, 2).permute(0, 2, 1)[..., None]  # (1, 2, 128, 1)
+    q = EMAVectorQuantizer(codebook_size=2, code_dim=2, kmeans_iters=10, restart_threshold=0).train()
+    q(z_e)
+    means = z_e[0, :, :, 0].T.reshape(2, 64, 2).mean(1)
+    torch.testing.assert_close(q.codebook[nearest_code(means, q.codebook)], means)  # the cluster means
+    plain = EMAVectorQuantizer(codebook_size=2, code_dim=2, restart_threshold=0).train()
+    plain(z_e)  # data init alone: two sampled vectors, not means
+    assert not torch.allclose(plain.codebook.sort(0).values, means.sort(0).values, atol=1e-3)
+    import vqlib.quantizers
+
+    def no_more(*args):
+        raise AssertionError("k-means ran after the first training step")
+
+    monkeypatch.setattr(vqlib.quantizers, "kmeans", no_more)
+    q(z_e + 1.0)  # later steps are EMA steps
+    resumed = EMAVectorQuantizer(codebook_size=2, code_dim=2, kmeans_iters=10).train()
+    resumed.load_state_dict(q.state_dict())
+    resumed(z_e)  # a resumed, initialised quantizer never re-runs k-means
+    with pytest.raises(ValueError, match="needs data_init=True"):
+        EMAVectorQuantizer(4, 2, data_init=False, kmeans_iters=3)

@@ -6,10 +6,11 @@ commitment losses) and appendix A.1 (codebook updates by exponential moving aver
 
 What is in it:
 
-- the pieces every quantizer of the book shares (chapter 6 adds FSQ, LFQ, residual VQ and the
-  rotation trick on top of them): ``QuantizerOutput``, input checks, channels-first latents to
-  rows of vectors and back, exact nearest-code search, the straight-through estimator (alone,
-  and fused with the VQ losses), and decoding indices;
+- the pieces every quantizer of the book shares (chapter 6 builds on them in ``vqlib.factorized``,
+  ``vqlib.rotation``, ``vqlib.residual_vq``, ``vqlib.fsq`` and ``vqlib.lfq``): ``QuantizerOutput``,
+  input checks, channels-first latents to rows of vectors and back, exact nearest-code search,
+  the straight-through estimator (alone, and fused with the VQ losses), per-vector projections,
+  and decoding indices;
 - ``VectorQuantizer``: the codebook is a parameter learned by gradient descent on the codebook
   loss ``mse(z_q, sg[z_e])``, next to the commitment loss ``beta * mse(z_e, sg[z_q])``;
 - ``EMAVectorQuantizer``: the codebook follows moving averages of the vectors assigned to each
@@ -19,8 +20,10 @@ What is in it:
   processes and the samples come from rank 0 (``vqlib.distributed``): every process keeps the
   same codebook.
 
-Left out: k-means(++) initialisation (samples of the first batch do nearly as well here),
-cosine-similarity and low-dimensional codebooks (chapter 6), stochastic (Gumbel) assignment.
+``EMAVectorQuantizer(kmeans_iters=n)`` starts instead from ``n`` steps of Lloyd's k-means on the
+first batch, as Jukebox and SoundStream do (``kmeans``; chapter 6 measures the difference).
+
+Left out: k-means++ seeding, cosine-similarity and low-dimensional codebooks (``vqlib.factorized``), stochastic (Gumbel) assignment.
 
 Dimension key: B batch, D code dim, T frames, H W latent height and width,
 N = B·T·H·W latent vectors, K codebook size.
@@ -125,6 +128,25 @@ def nearest_code(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         return distances.argmin(dim=1)  # (N,)
 
 
+def kmeans(vectors: torch.Tensor, k: int, iters: int) -> torch.Tensor:
+    """k centroids of the rows of ``vectors`` by Lloyd's algorithm (Lloyd 1982). (N, D) -> (k, D).
+
+    Starts from k random rows; each iteration assigns every row to its nearest centroid and moves
+    each centroid to the mean of its rows. A centroid that wins no row stays where it is.
+    """
+    if iters < 0 or k < 1 or vectors.dim() != 2 or len(vectors) == 0:
+        raise ValueError(f"kmeans needs rows (N, D) with N ≥ 1, k ≥ 1 and iters ≥ 0; got {tuple(vectors.shape)}, "
+                         f"k={k}, iters={iters}")
+    vectors = vectors.detach()
+    centroids = vectors[torch.randint(len(vectors), (k,), device=vectors.device)]  # (k, D)
+    for _ in range(iters):
+        indices = nearest_code(vectors, centroids)  # (N,)
+        counts = torch.bincount(indices, minlength=k).to(vectors.dtype)  # (k,)
+        sums = torch.zeros_like(centroids).index_add_(0, indices, vectors)  # (k, D)
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
+    return centroids
+
+
 def straight_through(z_e: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
     """Forward: z_q exactly. Backward: the gradient w.r.t. the result is passed to z_e unchanged.
 
@@ -170,8 +192,17 @@ def straight_through_with_loss(z_e: torch.Tensor, z_q: torch.Tensor, codebook_we
     return StraightThroughWithLoss.apply(z_e, z_q, codebook_weight, beta)
 
 
-def decode(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Code vectors of ``indices`` (B, ...) long -> (B, D, ...), channels first, like z_q."""
+def project(layer: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Apply a per-vector map (e.g. an ``nn.Linear`` from D to d channels) to channels-first latents.
+
+    (B, D, ...) -> (B, d, ...). Chapter 6's quantizers use it to move between the encoder's space
+    and a smaller code space, for images and videos alike.
+    """
+    return layer(z.movedim(1, -1)).movedim(-1, 1).contiguous()  # (B, d, ...)
+
+
+def check_indices(indices: torch.Tensor, codebook_size: int) -> None:
+    """Raise a clear error unless ``indices`` is a non-empty long tensor with values in [0, codebook_size)."""
     if not torch.is_tensor(indices):
         raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
     if indices.dtype != torch.long:
@@ -180,9 +211,14 @@ def decode(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     if indices.dim() < 1 or indices.numel() == 0:
         raise ValueError(f"indices must be a non-empty batch (B, ...), got shape {tuple(indices.shape)}")
     low, high = int(indices.min()), int(indices.max())
-    if low < 0 or high >= len(codebook):
-        raise ValueError(f"indices must lie in [0, {len(codebook)}) for codebook_size={len(codebook)}, "
+    if low < 0 or high >= codebook_size:
+        raise ValueError(f"indices must lie in [0, {codebook_size}) for codebook_size={codebook_size}, "
                          f"got values from {low} to {high}")
+
+
+def decode(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Code vectors of ``indices`` (B, ...) long -> (B, D, ...), channels first, like z_q."""
+    check_indices(indices, len(codebook))
     return F.embedding(indices, codebook).movedim(-1, 1).contiguous()  # (B, D, ...)
 
 
@@ -229,7 +265,8 @@ class EMAVectorQuantizer(nn.Module):
         e_k  = m_k / Ñ_k,   Ñ_k = (N_k + eps) / (Σ_j N_j + K·eps) · Σ_j N_j
 
     Only the commitment loss beta * mse(z_e, sg[z_q]) remains. Two cures for codebook collapse,
-    on by default: the codebook starts from vectors of the first training batch (``data_init``),
+    on by default: the codebook starts from vectors of the first training batch (``data_init``;
+    ``kmeans_iters > 0`` refines them by that many k-means steps on the batch),
     and a code whose moving count N_k falls below ``restart_threshold`` vectors per batch is dead
     and re-seeded from a random current encoder output (``restart_threshold=0`` turns this off).
     All state lives in buffers, changes only in training mode, and survives checkpoints.
@@ -237,7 +274,8 @@ class EMAVectorQuantizer(nn.Module):
     """
 
     def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, decay: float = 0.99,
-                 eps: float = 1e-5, data_init: bool = True, restart_threshold: float = 1.0) -> None:
+                 eps: float = 1e-5, data_init: bool = True, restart_threshold: float = 1.0,
+                 kmeans_iters: int = 0) -> None:
         super().__init__()
         check_sizes(codebook_size, code_dim, beta)
         if not 0.0 <= decay < 1.0:
@@ -245,9 +283,14 @@ class EMAVectorQuantizer(nn.Module):
         if not eps > 0 or not restart_threshold >= 0:
             raise ValueError(f"eps must be > 0 and restart_threshold >= 0, got eps={eps!r}, "
                              f"restart_threshold={restart_threshold!r}")
+        if kmeans_iters < 0 or (kmeans_iters and not data_init):
+            raise ValueError(f"kmeans_iters (Lloyd steps of the data initialisation) must be >= 0 and needs "
+                             f"data_init=True; got kmeans_iters={kmeans_iters!r}, data_init={data_init!r}")
         self.codebook_size, self.code_dim, self.beta = int(codebook_size), int(code_dim), float(beta)
         self.decay, self.eps = float(decay), float(eps)
         self.data_init, self.restart_threshold = bool(data_init), float(restart_threshold)
+        self.kmeans_iters = int(kmeans_iters)
+        self._kmeans_pending = self.kmeans_iters > 0  # until the first training step has looked
         codebook = torch.randn(self.codebook_size, self.code_dim)  # (K, D) replaced by data if data_init
         self.register_buffer("codebook", codebook)  # (K, D) e_k
         self.register_buffer("cluster_size", torch.ones(self.codebook_size))  # (K,) N_k: one vector each
@@ -304,7 +347,12 @@ class EMAVectorQuantizer(nn.Module):
             return
         dead = (self.cluster_size < self.restart_threshold) | ~self.initialized  # (K,) bool
         pick = torch.randint(len(vectors), (self.codebook_size,), device=vectors.device)  # (K,)
-        samples = broadcast_from_rank0(vectors[pick].to(self.codebook.dtype))  # (K, D)
+        samples = vectors[pick]  # (K, D)
+        if self._kmeans_pending:  # the first training step: one host sync in the module's life
+            self._kmeans_pending = False
+            if not bool(self.initialized):
+                samples = kmeans(vectors, self.codebook_size, self.kmeans_iters)  # (K, D)
+        samples = broadcast_from_rank0(samples.to(self.codebook.dtype))  # (K, D)
         self.codebook.copy_(torch.where(dead[:, None], samples, self.codebook))
         self.embed_sum.copy_(torch.where(dead[:, None], samples, self.embed_sum))
         self.cluster_size.masked_fill_(dead, 1.0)
@@ -312,4 +360,5 @@ class EMAVectorQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"codebook_size={self.codebook_size}, code_dim={self.code_dim}, beta={self.beta}, "
-                f"decay={self.decay}, data_init={self.data_init}, restart_threshold={self.restart_threshold}")
+                f"decay={self.decay}, data_init={self.data_init}, restart_threshold={self.restart_threshold}, "
+                f"kmeans_iters={self.kmeans_iters}")

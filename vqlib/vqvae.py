@@ -142,13 +142,19 @@ def make_quantizer(config: VQVAEConfig) -> nn.Module:
 
 
 class VQVAE(nn.Module):
-    """x (B, C, H, W), H and W multiples of f -> VQVAEOutput(x_hat, loss, indices (B, h, w), z_e, z_q)."""
+    """x (B, C, H, W), H and W multiples of f -> VQVAEOutput(x_hat, loss, indices (B, h, w), z_e, z_q).
 
-    def __init__(self, config: VQVAEConfig) -> None:
+    ``quantizer`` (optional) replaces the one ``config.quantizer`` names: any module that takes
+    (B, D, h, w) latents with D = ``config.code_dim``, returns a ``QuantizerOutput`` and has
+    ``decode_indices`` (chapter 6 compares several). A residual quantizer's indices carry a stage
+    axis, (B, S, h, w).
+    """
+
+    def __init__(self, config: VQVAEConfig, quantizer: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
-        self.quantizer = make_quantizer(config)
+        self.quantizer = make_quantizer(config) if quantizer is None else quantizer
         self.decoder = Decoder(config)
 
     def check_images(self, x: torch.Tensor) -> None:
@@ -185,9 +191,10 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, h, w) long -> x_hat (B, C, h·f, w·f)."""
-        if not torch.is_tensor(indices) or indices.dim() != 3:
-            raise ValueError(f"indices must be a (B, h, w) code map, got "
+        """indices (B, h, w) long (or (B, S, h, w) for a quantizer of S stages) -> x_hat (B, C, h·f, w·f)."""
+        stages = getattr(self.quantizer, "num_stages", None)
+        if not torch.is_tensor(indices) or indices.dim() != (3 if stages is None else 4):
+            raise ValueError(f"indices must be a {'(B, h, w)' if stages is None else f'(B, S={stages}, h, w)'} code map, got "
                              f"{tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__}")
         return self.decoder(self.quantizer.decode_indices(indices))
 

@@ -1,0 +1,84 @@
+"""vqlib.codebooks: every quantizer kind inside the Chapter 2 VQ-VAE, evaluated and cached."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqlib.codebooks import (COMPARED, KINDS, build_quantizer, codes_per_position, comparison_model,
+                             evaluate_codes, joint_indices, train_mnist_codebook)
+from vqlib.data import mnist
+from vqlib.vqvae import VQVAE, VQVAEConfig
+
+OPTIONS = {"vq": dict(codebook_size=8), "ema": dict(codebook_size=8), "l2": dict(codebook_size=8, low_dim=3),
+           "rotation": dict(inner="ema", codebook_size=8), "residual": dict(num_stages=2, codebook_size=4),
+           "fsq": dict(levels=(3, 3)), "lfq": dict(bits=3)}
+
+
+def tiny(kind: str) -> VQVAE:
+    config = VQVAEConfig(in_channels=1, hidden=8, res_hidden=4, res_blocks=1, code_dim=4)
+    return VQVAE(config, quantizer=build_quantizer(kind, config.code_dim, **OPTIONS[kind]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_trains_inside_the_vqvae_and_decodes_its_indices(kind):
+    model = tiny(kind)
+    x = torch.rand(2, 1, 8, 8)
+    out = model(x)
+    assert out.x_hat.shape == x.shape
+    (F.mse_loss(out.x_hat, x) + out.loss).backward()
+    assert model.encoder.net[0].weight.grad.abs().sum() > 0
+    model.eval()
+    torch.testing.assert_close(model.decode(model.encode(x)), model(x).x_hat)
+
+
+def test_joint_indices_of_residual_stages_are_mixed_radix_numbers():
+    q = build_quantizer("residual", 4, num_stages=3, codebook_size=5)
+    indices = torch.randint(0, 5, (2, 3, 4, 4))
+    joint = joint_indices(q, indices)
+    assert joint.shape == (2, 4, 4) and codes_per_position(q) == 125
+    assert torch.equal(joint, indices[:, 0] + 5 * indices[:, 1] + 25 * indices[:, 2])
+    assert len(torch.unique(joint_indices(q, torch.cartesian_prod(*[torch.arange(5)] * 3).T[None, :, :, None]))) == 125
+
+
+def test_evaluate_codes_counts_joint_codes_and_bits():
+    model = tiny("residual").eval()
+    x = mnist("test", profile="smoke").tensors[0][:20]
+    data = torch.utils.data.TensorDataset(x)
+    scores = evaluate_codes(model, data, batch_size=7)
+    with torch.no_grad():
+        joint = joint_indices(model.quantizer, model(x).indices)
+    assert scores["usage"] == pytest.approx(joint.unique().numel() / 16)
+    assert scores["bits"] == pytest.approx(7 * 7 * math.log2(16))  # 28/4 = 7: 2 stages of 4 codes = 4 bits each
+
+
+def test_decode_checks_the_stage_axis():
+    with pytest.raises(ValueError, match="S=2"):
+        tiny("residual").decode(torch.zeros(2, 2, 2, dtype=torch.long))
+
+
+def test_bad_kinds():
+    with pytest.raises(ValueError, match="unknown quantizer kind"):
+        build_quantizer("pq", 4)
+    with pytest.raises(ValueError, match="inner"):
+        build_quantizer("rotation", 4, inner="fsq", levels=(3,))
+    with pytest.raises(TypeError, match="unknown overrides"):
+        train_mnist_codebook("fsq", dict(levels=(3, 3)), profile="smoke", nonsense=1)
+
+
+def test_train_mnist_codebook_trains_once_then_loads_from_the_cache():
+    model, history = train_mnist_codebook("fsq", dict(levels=(3, 3)), profile="smoke", steps=4)
+    assert not model.training and history.steps == 4
+    assert set(history.eval[-1]) >= {"psnr", "usage", "perplexity", "bits"}
+    again, history2 = train_mnist_codebook("fsq", dict(levels=(3, 3)), profile="smoke", steps=4)
+    assert history2.seconds == history.seconds  # loaded, not retrained
+    x = mnist("test", profile="smoke").tensors[0][:4]
+    assert torch.equal(model(x).x_hat, again(x).x_hat)
+
+
+def test_the_compared_quantizers_all_spend_about_8_bits_per_position():
+    for name, (kind, options) in COMPARED.items():
+        q = build_quantizer(kind, 16, **options)
+        assert 7.9 < math.log2(codes_per_position(q)) <= 8, name
+    assert comparison_model("quick")["code_dim"] == 16
