@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE))
 
 import ddp_worker  # noqa: E402
 
-from vqlib.train import _batches  # noqa: E402
+from vqlib.train import training_batches  # noqa: E402
 
 
 def launch(nproc: int, out: Path, steps: int, checkpoint: Path | None = None, data_init: bool = True) -> None:
@@ -76,15 +76,15 @@ def test_checkpoints_resume_across_process_counts(tmp_path):
 
 def test_global_batch_is_split_into_contiguous_slices():
     data = ddp_worker.dataset()
-    whole = next(_batches(data, 8, seed=1, start_step=5))[0]
-    halves = [next(_batches(data, 8, seed=1, start_step=5, rank=r, world=2))[0] for r in range(2)]
+    whole = next(training_batches(data, 8, seed=1, start_step=5))[0]
+    halves = [next(training_batches(data, 8, seed=1, start_step=5, rank=r, world=2))[0] for r in range(2)]
     torch.testing.assert_close(torch.cat(halves), whole)
 
 
 def test_bad_splits_are_refused():
     data = ddp_worker.dataset()
     with pytest.raises(ValueError, match="cannot be split evenly over 3 processes"):
-        next(_batches(data, 8, seed=0, start_step=0, rank=0, world=3))
+        next(training_batches(data, 8, seed=0, start_step=0, rank=0, world=3))
     tiny = torch.utils.data.TensorDataset(torch.zeros(1, 1))
     with pytest.raises(ValueError, match="1 examples, fewer than the 2 processes"):
-        next(_batches(tiny, 8, seed=0, start_step=0, rank=0, world=2))
+        next(training_batches(tiny, 8, seed=0, start_step=0, rank=0, world=2))

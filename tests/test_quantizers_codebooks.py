@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from vqlib.codebooks import (COMPARED, KINDS, build_quantizer, codes_per_position, comparison_model,
-                             evaluate_codes, joint_indices, train_mnist_codebook)
+                             joint_indices, train_mnist_codebook)
 from vqlib.data import mnist
-from vqlib.vqvae import VQVAE, VQVAEConfig
+from vqlib.vqvae import VQVAE, VQVAEConfig, evaluate
 
 OPTIONS = {"vq": dict(codebook_size=8), "ema": dict(codebook_size=8), "l2": dict(codebook_size=8, low_dim=3),
            "rotation": dict(inner="ema", codebook_size=8), "residual": dict(num_stages=2, codebook_size=4),
@@ -42,11 +42,11 @@ def test_joint_indices_of_residual_stages_are_mixed_radix_numbers():
     assert len(torch.unique(joint_indices(q, torch.cartesian_prod(*[torch.arange(5)] * 3).T[None, :, :, None]))) == 125
 
 
-def test_evaluate_codes_counts_joint_codes_and_bits():
+def test_evaluate_counts_joint_codes_and_bits():
     model = tiny("residual").eval()
     x = mnist("test", profile="smoke").tensors[0][:20]
     data = torch.utils.data.TensorDataset(x)
-    scores = evaluate_codes(model, data, batch_size=7)
+    scores = evaluate(model, data, batch_size=7)
     with torch.no_grad():
         joint = joint_indices(model.quantizer, model(x).indices)
     assert scores["usage"] == pytest.approx(joint.unique().numel() / 16)

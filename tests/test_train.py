@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from vqlib.train import (History, TrainConfig, _batches, atomic_save, cache_dir, checkpoint_path, fit,
-                         load_checkpoint)
+from vqlib.train import (History, TrainConfig, atomic_save, cache_dir, checkpoint_path, fit, load_checkpoint,
+                         training_batches)
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,8 @@ def test_empty_dataset_is_refused():
 
 
 def test_batches_resume_where_they_left_off(data):
-    full = [b[0] for b in itertools.islice(_batches(data, 16, seed=3, start_step=0), 11)]
-    resumed = [b[0] for b in itertools.islice(_batches(data, 16, seed=3, start_step=6), 5)]
+    full = [b[0] for b in itertools.islice(training_batches(data, 16, seed=3, start_step=0), 11)]
+    resumed = [b[0] for b in itertools.islice(training_batches(data, 16, seed=3, start_step=6), 5)]
     for a, b in zip(full[6:], resumed):
         torch.testing.assert_close(a, b)
     epoch = torch.cat(full[:4])  # one epoch covers every example once

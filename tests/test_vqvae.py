@@ -111,7 +111,7 @@ def test_overfit_one_batch():
 # ----------------------------------------------------------------------------- bad input and config
 
 @pytest.mark.parametrize("x, error, words", [
-    (torch.rand(2, 1, 30, 28), ValueError, "downsampling factor 4"),
+    (torch.rand(2, 1, 30, 28), ValueError, "downsampling factor f=4"),
     (torch.rand(2, 1, 28, 26), ValueError, "28×28"),
     (torch.rand(2, 3, 28, 28), ValueError, "(B, 1, H, W)"),
     (torch.rand(1, 28, 28), ValueError, "(B, 1, H, W)"),

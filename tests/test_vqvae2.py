@@ -80,7 +80,7 @@ def test_overfits_one_batch():
 
 def test_bad_inputs_have_clear_errors():
     model = tiny_model()
-    with pytest.raises(ValueError, match="multiples of 8"):
+    with pytest.raises(ValueError, match="multiples of the top codes' downsampling factor f=8"):
         model(torch.rand(1, 3, 20, 16))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\).*grey"):
         model(torch.rand(1, 1, 16, 16))

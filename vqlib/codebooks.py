@@ -2,7 +2,7 @@
 
 What is in it: ``build_quantizer`` (a quantizer from a kind and its options), ``joint_indices``
 (one integer per position, also for residual VQ, whose code is a tuple of S indices),
-``evaluate_codes`` (PSNR, codebook usage, perplexity and bits per image over a dataset),
+``vqlib.vqvae.evaluate`` scores the models (PSNR, usage and perplexity of joint codes, bits per image),
 ``train_mnist_codebook`` (train once per configuration, then load from the checkpoint cache), and
 the comparison of chapter 6: ``COMPARED`` (ten quantizers at 8 bits per position), the model and
 training budget shared by all of them (``comparison_model``, ``comparison_training``) and
@@ -17,23 +17,17 @@ Dimension key: B batch, S stages, D code dim, h w code-map height and width, K c
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
-import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from vqlib.factorized import FactorizedQuantizer
 from vqlib.fsq import FiniteScalarQuantizer
 from vqlib.lfq import LookupFreeQuantizer
-from vqlib.metrics import code_counts, codebook_usage, perplexity, psnr
 from vqlib.profile import pick, seed_everything
-from vqlib.quantizers import EMAVectorQuantizer, VectorQuantizer
+from vqlib.quantizers import EMAVectorQuantizer, VectorQuantizer, codes_per_position, joint_indices  # noqa: F401 (re-exported)
 from vqlib.residual_vq import ResidualVectorQuantizer
 from vqlib.rotation import RotationTrickQuantizer
-from vqlib.train import History, TrainConfig, checkpoint_path, fit
-from vqlib.vqvae import VQVAE, VQVAEConfig, mnist_train_config, vqvae_loss
+from vqlib.train import History, checkpoint_path, fit
+from vqlib.vqvae import VQVAE, VQVAEConfig, evaluate, mnist_train_config, split_overrides, vqvae_loss
 
 KINDS = ("vq", "ema", "l2", "rotation", "residual", "fsq", "lfq")
 
@@ -55,42 +49,6 @@ def build_quantizer(kind: str, code_dim: int, **options) -> nn.Module:
     return classes[kind](code_dim=code_dim, **options)
 
 
-def codes_per_position(quantizer: nn.Module) -> int:
-    """How many different codes one position can take: K, or K^S for S residual stages."""
-    return quantizer.codebook_size ** getattr(quantizer, "num_stages", 1)
-
-
-def joint_indices(quantizer: nn.Module, indices: torch.Tensor) -> torch.Tensor:
-    """One integer per position in [0, codes_per_position): (B, h, w), or (B, S, h, w) -> sum_s k_s·K^s."""
-    stages = getattr(quantizer, "num_stages", None)
-    if stages is None:
-        return indices
-    powers = quantizer.codebook_size ** torch.arange(stages, device=indices.device)  # (S,) 1, K, K², ...
-    return (indices * powers.view(1, stages, *[1] * (indices.dim() - 2))).sum(dim=1)  # (B, h, w)
-
-
-@torch.no_grad()
-def evaluate_codes(model: VQVAE, data: TensorDataset, batch_size: int = 500) -> dict[str, float]:
-    """Over all of ``data``: PSNR (dB, outputs clipped to [0, 1]), codebook usage and perplexity
-    (of the joint code of a position, see ``joint_indices``), and bits per image, h·w·log2(codes)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    scores, indices = [], []
-    try:
-        for start in range(0, len(data), batch_size):
-            x = data[start:start + batch_size][0].to(device)
-            out = model(x)
-            scores.append(psnr(x, out.x_hat.clamp(0, 1)) * len(x))
-            indices.append(joint_indices(model.quantizer, out.indices))  # (B, h, w)
-    finally:
-        model.train(was_training)
-    size = codes_per_position(model.quantizer)
-    counts = code_counts(indices, size)
-    return {"psnr": float(sum(scores)) / len(data), "usage": codebook_usage(counts),
-            "perplexity": perplexity(counts), "bits": math.prod(indices[0].shape[1:]) * math.log2(size)}
-
-
 def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | None = None,
                          **overrides) -> tuple[VQVAE, History]:
     """The Chapter 2 MNIST VQ-VAE with the quantizer ``build_quantizer(kind, D, **options)``.
@@ -102,20 +60,14 @@ def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | 
     from vqlib.data import mnist
 
     options = dict(options or {})
-    model_fields = {f.name for f in dataclasses.fields(VQVAEConfig)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - model_fields - train_fields
-    if unknown:
-        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of VQVAEConfig or TrainConfig")
-    config = VQVAEConfig.for_profile(profile, in_channels=1,
-                                     **{k: v for k, v in overrides.items() if k in model_fields})
-    train_config = mnist_train_config(profile, **{"max_seconds": None,
-                                                  **{k: v for k, v in overrides.items() if k in train_fields}})
+    model_overrides, train_overrides = split_overrides(overrides)
+    config = VQVAEConfig.for_profile(profile, in_channels=1, **model_overrides)
+    train_config = mnist_train_config(profile, **{"max_seconds": None, **train_overrides})
     seed_everything(train_config.seed)
     model = VQVAE(config, quantizer=build_quantizer(kind, config.code_dim, **options))
     test = mnist("test", profile=profile)
     history = fit(model, vqvae_loss, mnist("train", profile=profile), train_config,
-                  eval_fn=lambda m: evaluate_codes(m, test),
+                  eval_fn=lambda m: evaluate(m, test),
                   checkpoint=checkpoint_path(f"codebooks-{kind}", config, {"kind": kind, **options}, train_config,
                                              profile=profile))
     return model, history

@@ -111,12 +111,16 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attention(norm(x)), then x + MLP(norm(x))."""
+    """Pre-norm transformer block: x + attention(norm(x)), then x + MLP(norm(x)).
 
-    def __init__(self, config: GPTConfig) -> None:
+    ``attention`` is the attention module to use (default: ``CausalSelfAttention(config)``); a
+    bidirectional model (``vqlib.maskgit``) passes one without the causal mask.
+    """
+
+    def __init__(self, config: GPTConfig, attention: nn.Module | None = None) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(config.n_embd), nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = attention if attention is not None else CausalSelfAttention(config)
         self.mlp = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd), nn.GELU(),
                                  nn.Linear(4 * config.n_embd, config.n_embd), nn.Dropout(config.dropout))
 

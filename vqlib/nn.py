@@ -3,6 +3,7 @@
 - ``ResBlock``: the residual block of the VQ-VAE paper (van den Oord et al. 2017, section 4.1):
   ReLU, 3×3 convolution, ReLU, 1×1 convolution, added to the input.
 - ``res_stack``: several residual blocks and a final ReLU (as in the authors' Sonnet example).
+- ``check_images``: the one input check of every image tokenizer (rank, channels, size).
 - ``downsample`` / ``upsample``: a 4×4 convolution of stride 2 that halves H and W exactly (for
   even sizes), and the transposed convolution that doubles them.
 
@@ -15,6 +16,22 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def check_images(x: torch.Tensor, channels: int, factor: int, why: str = "the downsampling factor") -> None:
+    """Raise a clear error unless x is a float (B, channels, H, W) batch with H, W positive multiples of factor."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        hint = " (a grey image? repeat it to 3 channels with x.expand(-1, 3, -1, -1))" if x.dim() == 4 and \
+            x.shape[1] == 1 and channels == 3 else ""
+        raise ValueError(f"x must have shape (B, {channels}, H, W), got {tuple(x.shape)}{hint}")
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch")
+    h, w = x.shape[-2:]
+    if h % factor or w % factor or h == 0 or w == 0:
+        raise ValueError(f"H and W must be positive multiples of {why} f={factor}, got {h}×{w}: "
+                         f"pad or crop to {max(factor, -(-h // factor) * factor)}×{max(factor, -(-w // factor) * factor)}")
 
 
 class ResBlock(nn.Module):

@@ -5,7 +5,9 @@ tensors in [0, 1] (values outside are clipped for display).
 
 Animations are built for two readers at once: in the built book (``VQLIB_BUILD=1``) they are
 JavaScript animations with a slider that play in the static HTML page with no kernel; in a live
-Jupyter session ``explore`` shows an ``ipywidgets`` slider instead.
+Jupyter session ``explore`` shows an ``ipywidgets`` slider instead. ``animate_videos`` plays
+several clips side by side, in step (an input next to its reconstructions); ``write_video`` saves
+a clip as a GIF or an H.264 MP4.
 """
 
 from __future__ import annotations
@@ -160,3 +162,80 @@ def explore(frames: torch.Tensor | Sequence[torch.Tensor], labels: Sequence[str]
 
     slider.observe(on_change, names="value")
     return widgets.VBox([slider, caption, image])
+
+
+# ----------------------------------------------------------------------------- videos side by side, to files
+
+def _clips(videos: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    clips = list(videos)
+    if not clips or any(not torch.is_tensor(v) or v.dim() != 4 or v.shape[1] not in (1, 3) for v in clips):
+        raise ValueError("expected a non-empty list of clips (T, C, H, W) with C = 1 or 3, got shapes "
+                         f"{[tuple(v.shape) if torch.is_tensor(v) else type(v).__name__ for v in clips]}")
+    if len({len(v) for v in clips}) != 1:
+        raise ValueError(f"the clips must have the same number of frames, got {[len(v) for v in clips]}")
+    return clips
+
+
+def animate_videos(videos: Sequence[torch.Tensor], labels: Sequence[str] | None = None, fps: int = 4,
+                   size: float = 2.0):
+    """One JavaScript animation (plays in the static page) of clips (T, C, H, W) side by side, in step.
+
+    Use it for a clip next to its reconstructions: ``animate_videos([x, x_hat], ["input", "tokens"])``.
+    """
+    from IPython.display import HTML
+
+    clips = _clips(videos)
+    if labels is not None and len(labels) != len(clips):
+        raise ValueError(f"got {len(labels)} labels for {len(clips)} clips")
+    fig, axes = plt.subplots(1, len(clips), figsize=(size * len(clips), size + 0.4), squeeze=False)
+    images = []
+    for i, (ax, clip) in enumerate(zip(axes[0], clips)):
+        ax.set_axis_off()
+        images.append(ax.imshow(to_numpy(clip[0]), cmap="gray", vmin=0, vmax=1, interpolation="nearest"))
+        ax.set_title(labels[i] if labels else "", fontsize=10)
+    counter = fig.suptitle(f"frame 1 of {len(clips[0])}", fontsize=9)
+    fig.tight_layout()
+
+    def draw(t: int):
+        for image, clip in zip(images, clips):
+            image.set_data(to_numpy(clip[t]))
+        counter.set_text(f"frame {t + 1} of {len(clips[0])}")
+        return (*images, counter)
+
+    anim = animation.FuncAnimation(fig, draw, frames=len(clips[0]), interval=1000 / fps, blit=False)
+    html = anim.to_jshtml(fps=fps, default_mode="loop")
+    plt.close(fig)
+    return HTML(html)
+
+
+def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = 8, scale: int = 1) -> None:
+    """Write frames (T, C, H, W) in [0, 1] to ``path``: a looping GIF (Pillow) or an H.264 MP4 (PyAV).
+
+    ``scale`` enlarges every pixel to scale×scale (nearest neighbour), for tiny clips.
+    """
+    from pathlib import Path
+
+    clips = _clips([frames])[0]
+    path = Path(path)
+    arrays = [(to_numpy(f) * 255).round().astype(np.uint8) for f in clips]  # (H, W) or (H, W, 3)
+    arrays = [a.repeat(scale, 0).repeat(scale, 1) for a in arrays]
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(a) for a in arrays]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    elif path.suffix.lower() == ".mp4":
+        import av
+
+        h, w = arrays[0].shape[:2]
+        with av.open(str(path), mode="w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"  # 4:2:0 needs even sizes
+            for a in arrays:
+                rgb = np.pad(np.stack([a] * 3, -1) if a.ndim == 2 else a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+    else:
+        raise ValueError(f"write_video writes .gif or .mp4 files, got {path.name!r}")

@@ -222,6 +222,32 @@ def decode(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return F.embedding(indices, codebook).movedim(-1, 1).contiguous()  # (B, D, ...)
 
 
+@torch.no_grad()
+def inference_indices(quantizer: nn.Module, z_e: torch.Tensor) -> torch.Tensor:
+    """The indices ``quantizer`` gives ``z_e``, leaving its state alone (an EMA quantizer in
+    training mode would update its codebook): the ``encode`` of every tokenizer of the book."""
+    training = quantizer.training
+    quantizer.eval()
+    try:
+        return quantizer(z_e).indices
+    finally:
+        quantizer.train(training)
+
+
+def codes_per_position(quantizer: nn.Module) -> int:
+    """How many different codes one position can take: K, or K^S for S residual stages."""
+    return quantizer.codebook_size ** getattr(quantizer, "num_stages", 1)
+
+
+def joint_indices(quantizer: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+    """One integer per position in [0, codes_per_position): (B, h, w), or (B, S, h, w) -> sum_s k_s·K^s."""
+    stages = getattr(quantizer, "num_stages", None)
+    if stages is None:
+        return indices
+    powers = quantizer.codebook_size ** torch.arange(stages, device=indices.device)  # (S,) 1, K, K², ...
+    return (indices * powers.view(1, stages, *[1] * (indices.dim() - 2))).sum(dim=1)  # (B, h, w)
+
+
 # ----------------------------------------------------------------------------- quantizers
 
 class VectorQuantizer(nn.Module):

@@ -135,7 +135,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def _meta(model: nn.Module, config: TrainConfig) -> dict:
+def checkpoint_meta(model: nn.Module, config: TrainConfig) -> dict:
     # What must match for a checkpoint to be resumed. Budgets (steps, time, logging) may change.
     budget = {"steps", "max_seconds", "eval_every", "log_every", "checkpoint_every"}
     train = {k: v for k, v in config_dict(config).items() if k not in budget}
@@ -158,7 +158,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, config: TrainConfig | No
         raise ValueError(f"{path} is not a readable vqlib checkpoint ({err}); delete it to retrain") from err
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise ValueError(f"{path} is not a vqlib checkpoint (expected a dict with 'model' and 'meta')")
-    expected = _meta(model, config) if config is not None else {
+    expected = checkpoint_meta(model, config) if config is not None else {
         "model": type(model).__qualname__, "model_config": config_dict(getattr(model, "config", None))}
     for key, want in expected.items():
         got = ckpt["meta"].get(key)
@@ -172,8 +172,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, config: TrainConfig | No
 
 # ----------------------------------------------------------------------------- data
 
-def _batches(data: Dataset, batch_size: int, seed: int, start_step: int,
-             rank: int = 0, world: int = 1) -> Iterator[tuple]:
+def training_batches(data: Dataset, batch_size: int, seed: int, start_step: int,
+                     rank: int = 0, world: int = 1) -> Iterator[tuple]:
     """An endless stream of shuffled batches; the order depends only on (seed, step), so a
     resumed run sees exactly the batches the interrupted run would have seen, on any number of
     processes. ``batch_size`` is global: process ``rank`` of ``world`` gets its contiguous slice."""
@@ -217,12 +217,12 @@ def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: 
 
 # ----------------------------------------------------------------------------- the loop
 
-def _progress_wanted() -> bool:
+def progress_wanted() -> bool:
     # In the book build (VQLIB_BUILD=1) a bar would be frozen into the page: print a summary instead.
     return os.environ.get("VQLIB_BUILD", "") in ("", "0")
 
 
-def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
+def lr_factor(config: TrainConfig) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
@@ -233,7 +233,7 @@ def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def _check_finite(terms: Mapping[str, torch.Tensor], step: int) -> None:
+def check_finite_terms(terms: Mapping[str, torch.Tensor], step: int) -> None:
     bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
     if dist.is_distributed():  # every process must stop together, or the others wait forever
         flag = torch.tensor([float(bool(bad))], device=terms["loss"].device)
@@ -308,9 +308,9 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
     model.to(device).train()
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                          weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(config))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config))
     history = History()
-    meta = _meta(model, config)
+    meta = checkpoint_meta(model, config)
 
     if checkpoint is not None and Path(checkpoint).exists():
         ckpt = load_checkpoint(checkpoint, model, config)
@@ -338,7 +338,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
                                             broadcast_buffers=False)
     main = dist.is_main()
-    show = main and (_progress_wanted() if progress is None else progress)
+    show = main and (progress_wanted() if progress is None else progress)
     bar = None
     if show:
         from tqdm.auto import tqdm
@@ -346,7 +346,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
     started, seconds_before = time.perf_counter(), history.seconds
     sums: dict[str, float] = {}
     count = 0
-    batches = _batches(data, config.batch_size, config.seed, history.steps, dist.rank(), dist.world_size())
+    batches = training_batches(data, config.batch_size, config.seed, history.steps, dist.rank(), dist.world_size())
     torch.manual_seed(config.seed + history.steps)  # dropout/sampling noise repeats on resume
     history.stopped = ""
     try:
@@ -356,7 +356,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
                 terms = objective(batch)
             if "loss" not in terms:
                 raise KeyError(f"loss_fn must return a dict with a 'loss' entry, got keys {list(terms)}")
-            _check_finite(terms, step)
+            check_finite_terms(terms, step)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             if config.grad_clip is not None:

@@ -33,9 +33,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from vqlib.metrics import code_counts, codebook_usage, perplexity, psnr
-from vqlib.nn import downsample, res_stack, upsample
+from vqlib.nn import check_images, downsample, res_stack, upsample
 from vqlib.profile import pick, seed_everything
-from vqlib.quantizers import EMAVectorQuantizer, QuantizerOutput, VectorQuantizer
+from vqlib.quantizers import (EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, codes_per_position, inference_indices,
+                              joint_indices)
 from vqlib.train import History, TrainConfig, checkpoint_path, fit
 
 QUANTIZERS = ("ema", "vq")
@@ -159,17 +160,7 @@ class VQVAE(nn.Module):
 
     def check_images(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of f."""
-        c, f = self.config.in_channels, self.config.downsample
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-        if x.dim() != 4 or x.shape[1] != c:
-            raise ValueError(f"x must have shape (B, {c}, H, W), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError("x is an empty batch")
-        h, w = x.shape[-2:]
-        if h % f or w % f or h == 0 or w == 0:
-            raise ValueError(f"H and W must be positive multiples of the downsampling factor {f}, got "
-                             f"{h}×{w}: pad or crop to {max(f, -(-h // f) * f)}×{max(f, -(-w // f) * f)}")
+        check_images(x, self.config.in_channels, self.config.downsample)
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         self.check_images(x)
@@ -182,12 +173,7 @@ class VQVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> indices (B, h, w). Inference only: no gradient, the codebook never changes."""
         self.check_images(x)
-        training = self.quantizer.training
-        self.quantizer.eval()  # an EMA quantizer in training mode would update its codebook
-        try:
-            return self.quantizer(self.encoder(x)).indices
-        finally:
-            self.quantizer.train(training)
+        return inference_indices(self.quantizer, self.encoder(x))
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -211,7 +197,9 @@ def vqvae_loss(model: VQVAE, batch: tuple) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(model: VQVAE, data: TensorDataset, batch_size: int = 500) -> dict[str, float]:
-    """PSNR (dB, outputs clipped to [0, 1]), codebook usage and perplexity over all of ``data``."""
+    """Over all of ``data``: PSNR (dB, outputs clipped to [0, 1]), codebook usage and perplexity
+    (of the joint code of a position, see ``vqlib.quantizers.joint_indices``), and bits per image,
+    h·w·log2(codes per position)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -221,12 +209,13 @@ def evaluate(model: VQVAE, data: TensorDataset, batch_size: int = 500) -> dict[s
             x = data[start:start + batch_size][0].to(device)
             out = model(x)
             scores.append(psnr(x, out.x_hat.clamp(0, 1)) * len(x))
-            indices.append(out.indices)
+            indices.append(joint_indices(model.quantizer, out.indices))  # (B, h, w)
     finally:
         model.train(was_training)
-    counts = code_counts(indices, model.config.codebook_size)
+    size = codes_per_position(model.quantizer)
+    counts = code_counts(indices, size)
     return {"psnr": float(sum(scores)) / len(data), "usage": codebook_usage(counts),
-            "perplexity": perplexity(counts)}
+            "perplexity": perplexity(counts), "bits": math.prod(indices[0].shape[1:]) * math.log2(size)}
 
 
 def mnist_train_config(profile: str | None = None, **overrides) -> TrainConfig:
@@ -237,6 +226,17 @@ def mnist_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     return TrainConfig(**{**defaults, **overrides})
 
 
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+    """``overrides`` split into (VQVAEConfig fields, TrainConfig fields); any other name is an error."""
+    model_fields = {f.name for f in dataclasses.fields(VQVAEConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - model_fields - train_fields
+    if unknown:
+        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of VQVAEConfig or TrainConfig")
+    return ({k: v for k, v in overrides.items() if k in model_fields},
+            {k: v for k, v in overrides.items() if k in train_fields})
+
+
 def train_mnist_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, History]:
     """The book's MNIST VQ-VAE, trained once per profile and configuration, then loaded from the cache.
 
@@ -245,14 +245,9 @@ def train_mnist_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, H
     """
     from vqlib.data import mnist
 
-    model_fields = {f.name for f in dataclasses.fields(VQVAEConfig)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - model_fields - train_fields
-    if unknown:
-        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of VQVAEConfig or TrainConfig")
-    config = VQVAEConfig.for_profile(profile, in_channels=1,
-                                     **{k: v for k, v in overrides.items() if k in model_fields})
-    train_config = mnist_train_config(profile, **{k: v for k, v in overrides.items() if k in train_fields})
+    model_overrides, train_overrides = split_overrides(overrides)
+    config = VQVAEConfig.for_profile(profile, in_channels=1, **model_overrides)
+    train_config = mnist_train_config(profile, **train_overrides)
     seed_everything(train_config.seed)
     model = VQVAE(config)
     test = mnist("test", profile=profile)

@@ -37,7 +37,7 @@ from torch.utils.data import TensorDataset
 
 from vqlib.gpt import GPT, GPTConfig
 from vqlib.metrics import psnr, ssim
-from vqlib.nn import upsample
+from vqlib.nn import check_images, upsample
 from vqlib.pixelcnn import PixelCNN, PixelCNNConfig
 from vqlib.priors import check_sampling, check_tokens, train_prior
 from vqlib.profile import pick, seed_everything
@@ -102,19 +102,7 @@ class VQVAE2(nn.Module):
 
     def check_images(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of 8."""
-        c = self.config.in_channels
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-        if x.dim() != 4 or x.shape[1] != c:
-            hint = " (a grey image? repeat it to 3 channels with x.expand(-1, 3, -1, -1))" if x.dim() == 4 and \
-                x.shape[1] == 1 and c == 3 else ""
-            raise ValueError(f"x must have shape (B, {c}, H, W), got {tuple(x.shape)}{hint}")
-        if x.shape[0] == 0:
-            raise ValueError("x is an empty batch")
-        h, w = x.shape[-2:]
-        if h % 8 or w % 8 or h == 0 or w == 0:
-            raise ValueError(f"H and W must be positive multiples of 8 (the top codes are at 1/8), got {h}×{w}: "
-                             f"pad or crop to {max(8, -(-h // 8) * 8)}×{max(8, -(-w // 8) * 8)}")
+        check_images(x, self.config.in_channels, 8, why="the top codes' downsampling factor")
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput, torch.Tensor, QuantizerOutput]:
         """Encoders and quantizers, top first: x (B, C, H, W) -> (z_e_top, top, z_e_bottom, bottom)."""

@@ -1,0 +1,244 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from vqlib.discriminator import PatchGAN, PatchGANConfig
+from vqlib.perceptual import PerceptualLoss
+from vqlib.photonet import PhotoNet, PhotoNetConfig
+from vqlib.train import TrainConfig
+from vqlib.vqgan import VQGAN, AttentionBlock, VQGANConfig
+from vqlib.vqgan_training import (VQGANLoss, VQGANLossConfig, adaptive_weight, fit_vqgan, train_photo_vqgan,
+                                  train_photo_vqgan_baseline, train_vqgan_prior)
+
+TINY = VQGANConfig(hidden=8, channel_mult=(1, 2), res_blocks=1, norm_groups=4, codebook_size=16, code_dim=4,
+                   quantizer="vq")
+
+
+def tiny_model(**changes) -> VQGAN:
+    torch.manual_seed(0)
+    return VQGAN(VQGANConfig(**{**TINY.__dict__, **changes}))
+
+
+def tiny_loss(**changes) -> VQGANLoss:
+    torch.manual_seed(1)
+    disc = PatchGAN(PatchGANConfig(width=4, n_layers=1))
+    perceptual = PerceptualLoss(PhotoNet(PhotoNetConfig(widths=(4, 8))))
+    return VQGANLoss(VQGANLossConfig(**changes), disc, perceptual)
+
+
+# ----------------------------------------------------------------------------- the autoencoder
+
+def test_shapes_dtypes_and_finite_loss():
+    out = tiny_model()(torch.rand(3, 3, 16, 24))
+    assert out.x_hat.shape == (3, 3, 16, 24) and out.x_hat.dtype == torch.float32
+    assert out.indices.shape == (3, 8, 12) and out.indices.dtype == torch.long
+    assert out.z_e.shape == out.z_q.shape == (3, 4, 8, 12)
+    assert out.loss.shape == () and torch.isfinite(out.loss)
+    assert VQGANConfig().downsample == 16 and VQGANConfig.for_profile("quick").downsample == 4
+
+
+def test_gradient_reaches_the_encoder_through_the_quantizer():
+    model = tiny_model()
+    x = torch.rand(2, 3, 16, 16)
+    F.l1_loss(model(x).x_hat, x).backward()  # the reconstruction alone: only the straight-through path
+    grads = [p.grad for p in model.encoder.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_beta_weighs_the_commitment_term_not_the_codebook_term():
+    """d loss / d z_e = β·2(z_e - z_q)/M (commitment) and d loss / d e_k = Σ 2(e_k - z_e)/M (codebook).
+
+    With β on the codebook term instead (as in some public VQGAN releases) both checks fail.
+    """
+    beta = 0.1
+    model = tiny_model(beta=beta)
+    z_e = model.encoder(torch.rand(2, 3, 16, 16)).detach().requires_grad_()
+    out = model.quantizer(z_e)
+    out.loss.backward()
+    z_q = out.z_q.detach()
+    m = z_e.numel()
+    torch.testing.assert_close(z_e.grad, beta * 2 * (z_e.detach() - z_q) / m)
+    codebook = model.quantizer.codebook
+    vectors = z_e.detach().movedim(1, -1).reshape(-1, 4)  # (N, D)
+    expected = torch.zeros_like(codebook).index_add_(0, out.indices.flatten(),
+                                                     2 * (codebook[out.indices.flatten()].detach() - vectors) / m)
+    torch.testing.assert_close(codebook.grad, expected)
+
+
+def test_attention_block_keeps_the_shape_and_mixes_all_positions():
+    torch.manual_seed(0)
+    block = AttentionBlock(8, 4)
+    x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    y = block(x)
+    assert y.shape == x.shape
+    y[0, :, 0, 0].sum().backward()  # the top-left output sees the bottom-right input: global receptive field
+    assert x.grad[0, :, 4, 5].abs().sum() > 0 and x.grad[1].abs().sum() == 0
+
+
+def test_encode_decode_agree_with_forward_and_eval_changes_no_buffer():
+    model = tiny_model(quantizer="ema")
+    x = torch.rand(2, 3, 16, 16)
+    model(x)  # initialises the EMA codebook
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    indices = model.encode(x)
+    out = model(x)
+    assert torch.equal(indices, out.indices)
+    torch.testing.assert_close(model.decode(indices), out.x_hat)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_model()
+    x = torch.rand(2, 3, 16, 16)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    other = VQGAN(TINY)
+    other.load_state_dict(torch.load(tmp_path / "m.pt"))
+    torch.testing.assert_close(other.eval()(x).x_hat, model.eval()(x).x_hat)
+
+
+def test_bad_inputs_and_configs():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="multiples of the downsampling factor f=2"):
+        model(torch.rand(1, 3, 15, 16))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.rand(1, 1, 16, 16))
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.rand(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="code map"):
+        model.decode(torch.zeros(2, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="quantizer"):
+        VQGANConfig(quantizer="fsq")
+    with pytest.raises(ValueError, match="pixel_loss"):
+        VQGANLossConfig(pixel_loss="l2")
+    with pytest.raises(ValueError, match="PerceptualLoss"):
+        VQGANLoss(VQGANLossConfig(), PatchGAN(PatchGANConfig()), None)
+    with pytest.raises(ValueError, match="stops by steps"):
+        fit_vqgan(model, tiny_loss(), photo_batch(), TrainConfig(steps=2, max_seconds=1.0), progress=False)
+    with pytest.raises(TypeError, match="unknown overrides"):
+        train_photo_vqgan(profile="smoke", learning_rate=1.0)
+
+
+# ----------------------------------------------------------------------------- the losses
+
+def test_adaptive_weight_matches_a_manual_autograd_computation_and_is_clamped():
+    model, criterion = tiny_model(), tiny_loss()
+    x = torch.rand(2, 3, 16, 16)
+
+    def losses():
+        x_hat = model(x).x_hat
+        return F.l1_loss(x_hat, x) + criterion.perceptual(x, x_hat).mean(), -criterion.discriminator(x_hat).mean()
+
+    rec, gan = losses()
+    lam = adaptive_weight(rec, gan, model.last_layer)
+    rec.backward(retain_graph=True)
+    g_rec = model.last_layer.grad.clone()
+    model.zero_grad()
+    gan.backward()
+    g_gan = model.last_layer.grad.clone()
+    torch.testing.assert_close(lam, g_rec.norm() / (g_gan.norm() + 1e-4))
+    assert not lam.requires_grad
+    rec, gan = losses()
+    assert adaptive_weight(100 * rec, 1e-12 * gan, model.last_layer) == 1e4  # a vanishing GAN gradient: λ clamps
+    assert adaptive_weight(rec, gan, model.last_layer, max_weight=0.5) <= 0.5
+
+
+def test_hinge_generator_loss_enters_with_lambda_after_the_warm_up_only():
+    model, criterion = tiny_model(), tiny_loss(disc_start=5)
+    calls = []
+    criterion.discriminator.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.rand(2, 3, 16, 16)
+    before = criterion.generator_terms(model, x, step=4)
+    assert "g_loss" not in before and "lambda" not in before and not calls  # the discriminator is not even run
+    torch.testing.assert_close(before["loss"], before["pixel"] + before["perceptual"] + before["vq"])
+    after = criterion.generator_terms(model, x, step=5)
+    assert calls and after["lambda"] > 0
+    torch.testing.assert_close(after["loss"], after["pixel"] + after["perceptual"] + after["vq"]
+                               + after["lambda"] * after["g_loss"])
+
+
+def test_discriminator_loss_gives_the_generator_no_gradient_and_vice_versa():
+    model, criterion = tiny_model(), tiny_loss()
+    x = torch.rand(2, 3, 16, 16)
+    terms = criterion.generator_terms(model, x, step=0)
+    terms["loss"].backward(retain_graph=True)
+    assert all(p.grad is None for p in criterion.discriminator.parameters())  # L_G trains the autoencoder only
+    assert all(p.requires_grad for p in criterion.discriminator.parameters())  # and unfreezes it afterwards
+    model.zero_grad(set_to_none=True)
+    criterion.discriminator_terms(x, terms["x_hat"])["loss"].backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None for p in criterion.discriminator.parameters())
+
+
+# ----------------------------------------------------------------------------- training
+
+def photo_batch(n: int = 8) -> TensorDataset:
+    torch.manual_seed(0)
+    x = torch.rand(n, 3, 1, 1).expand(n, 3, 16, 16) * torch.linspace(0.3, 1, 16)  # smooth colour ramps
+    return TensorDataset(x.contiguous())
+
+
+def test_overfit_one_batch_cuts_the_pixel_loss():
+    model, criterion = tiny_model(quantizer="ema"), tiny_loss(disc_weight=0.0)  # pixel + perceptual + VQ
+    config = TrainConfig(steps=60, batch_size=8, lr=3e-3, betas=(0.5, 0.9), log_every=5)
+    history = fit_vqgan(model, criterion, photo_batch(), config, progress=False)
+    _, pixel = history.series("pixel")
+    assert pixel[-1] < pixel[0] / 2
+
+
+def test_lambda_and_discriminator_terms_are_logged_after_the_warm_up():
+    model, criterion = tiny_model(quantizer="ema"), tiny_loss(disc_start=6)
+    config = TrainConfig(steps=12, batch_size=8, betas=(0.5, 0.9), log_every=2)
+    history = fit_vqgan(model, criterion, photo_batch(), config, progress=False)
+    for key in ("lambda", "g_loss", "d_loss"):
+        steps, values = history.series(key)
+        assert steps == [8, 10, 12] and all(torch.isfinite(torch.tensor(values)))
+    assert all(v > 0 for v in history.series("lambda")[1])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_warm_up_leaves_the_discriminator_untouched():
+    model, criterion = tiny_model(), tiny_loss(disc_start=100)
+    before = {k: v.clone() for k, v in criterion.discriminator.state_dict().items()}
+    history = fit_vqgan(model, criterion, photo_batch(), TrainConfig(steps=4, batch_size=4), progress=False)
+    assert all(torch.equal(v, criterion.discriminator.state_dict()[k]) for k, v in before.items())
+    assert not any("d_loss" in r or "lambda" in r for r in history.train)
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path):
+    config = TrainConfig(steps=6, batch_size=4, log_every=2, checkpoint_every=3, cosine=True)
+    whole, criterion = tiny_model(), tiny_loss(disc_start=2)
+    fit_vqgan(whole, criterion, photo_batch(), config, checkpoint=tmp_path / "a.pt", progress=False)
+    part, criterion2 = tiny_model(), tiny_loss(disc_start=2)
+    half = fit_vqgan(part, criterion2, photo_batch(), config, checkpoint=tmp_path / "b.pt", progress=False, stop_at=3)
+    assert half.steps == 3 and half.stopped == "stop_at"
+    resumed, criterion3 = tiny_model(), tiny_loss(disc_start=2)
+    history = fit_vqgan(resumed, criterion3, photo_batch(), config, checkpoint=tmp_path / "b.pt", progress=False)
+    assert history.steps == 6
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(criterion.discriminator.parameters(), criterion3.discriminator.parameters()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="loss config"):
+        fit_vqgan(tiny_model(), tiny_loss(disc_start=3), photo_batch(), config, checkpoint=tmp_path / "b.pt",
+                  progress=False)
+
+
+def test_nan_input_stops_training_with_a_clear_error():
+    data = photo_batch()
+    data.tensors[0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        fit_vqgan(tiny_model(), tiny_loss(), data, TrainConfig(steps=2, batch_size=8), progress=False)
+
+
+def test_recipes_run_in_smoke():
+    model, history = train_photo_vqgan(profile="smoke", steps=4, disc_start=2)
+    assert history.steps == 4 and {"psnr", "ssim", "fd"} <= set(history.eval[-1])
+    assert any("lambda" in r for r in history.train)
+    baseline, base_history = train_photo_vqgan_baseline(profile="smoke", steps=2)
+    assert not any("perceptual" in r or "lambda" in r for r in base_history.train)
+    gpt, prior_history = train_vqgan_prior(model, profile="smoke", steps=2)
+    assert gpt.config.num_classes == 8 and prior_history.steps == 2
