@@ -1,6 +1,6 @@
 """Chapter 5's stability check: both objectives with three seeds, and the spread of the held-out scores.
 
-    VQLIB_PROFILE=quick python benchmarks/vqgan_seeds.py [--seeds 0 1 2]
+    VQLIB_PROFILE=quick python scripts/vqgan_seeds.py [--seeds 0 1 2]
 
 Each seed changes the initialisation and the order of the batches (``TrainConfig.seed``) of the
 VQ-VAE-objective baseline and of the VQGAN, trained with ``vqlib.vqgan_training``'s recipes (and
