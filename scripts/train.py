@@ -22,9 +22,9 @@ RECIPES = {  # name -> "module:function"; each function trains with vqlib.train.
     "mnist-classifier": "vqlib.classifier:train_mnist_classifier",
     "mnist-maskgit": "vqlib.maskgit:train_mnist_maskgit",  # chapter 7: class-conditional MaskGIT on VQ-VAE codes
     "mnist-codebooks": "vqlib.codebooks:train_mnist_codebooks",  # chapter 6: all nine quantizers of the table
-    "moving-mnist-video-vqvae": "vqlib.video:train_moving_mnist_tokenizer",  # chapter 8: 3D convolutions
-    "moving-mnist-attention-vqvae": "vqlib.video:train_moving_mnist_attention_vqvae",  # chapter 8: (2+1)D
-    "moving-mnist-frame-vqvae": "vqlib.video:train_moving_mnist_frame_vqvae",  # chapter 8: frame by frame
+    "moving-mnist-video-vqvae": "vqlib.video_training:train_moving_mnist_tokenizer",  # chapter 8: 3D convolutions
+    "moving-mnist-attention-vqvae": "vqlib.video_training:train_moving_mnist_attention_vqvae",  # chapter 8: (2+1)D
+    "moving-mnist-frame-vqvae": "vqlib.video_training:train_moving_mnist_frame_vqvae",  # chapter 8: frame by frame
     "photo-vqgan": "vqlib.vqgan_training:train_photo_vqgan",  # chapter 5: two optimisers, its own loop
     "photo-vqgan-baseline": "vqlib.vqgan_training:train_photo_vqgan_baseline",  # chapter 5: VQ-VAE objective
 }

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from vqlib import plot
-from vqlib.video import (FrameVQVAE, TemporalAttention, VideoVQVAE, VideoVQVAEConfig, equal_bits_configs,
-                         evaluate_video, frame_psnr, psnr_per_frame, train_video_vqvae, video_vqvae_loss)
+from vqlib.video import FrameVQVAE, TemporalAttention, VideoVQVAE, VideoVQVAEConfig
+from vqlib.video_training import equal_bits_configs, evaluate_video, frame_psnr, psnr_per_frame, train_video_vqvae
+from vqlib.vqvae import vqvae_loss
 
 TINY = dict(frames=4, size=8, channels=1, hidden=8, res_hidden=4, res_blocks=1, codebook_size=16, code_dim=4,
             space_downsample=2, heads=2)
@@ -170,7 +171,7 @@ def test_overfit_one_batch(kind):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(150):
-        loss = video_vqvae_loss(model, (x,))["loss"]
+        loss = vqvae_loss(model, (x,))["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
