@@ -246,6 +246,18 @@ def check_finite_terms(terms: Mapping[str, torch.Tensor], step: int) -> None:
             "last checkpoint is intact. Try a lower lr or grad_clip.")
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   parameters: Any = None, grad_clip: float | None = None) -> None:
+    """One update: backpropagate ``loss``, clip the gradient norm of ``parameters`` to ``grad_clip``
+    when given, then step the optimizer and its learning-rate schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 class _Objective(nn.Module):
     """model + loss_fn as one module, so DistributedDataParallel synchronises the gradients of
     every parameter the loss touches, whichever model methods (encode, decode, ...) it calls."""
@@ -357,12 +369,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
             if "loss" not in terms:
                 raise KeyError(f"loss_fn must return a dict with a 'loss' entry, got keys {list(terms)}")
             check_finite_terms(terms, step)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            sched.step()
+            optimizer_step(terms["loss"], opt, sched, model.parameters(), config.grad_clip)
             history.steps = step + 1
             history.seconds = seconds_before + time.perf_counter() - started
             for k, v in terms.items():

@@ -50,7 +50,8 @@ from vqlib.photos import TRAIN_PHOTOS
 from vqlib.priors import train_prior
 from vqlib.profile import pick, seed_everything
 from vqlib.train import (History, TrainConfig, atomic_save, check_finite_terms, checkpoint_meta, checkpoint_path,
-                         in_batches, load_checkpoint, lr_factor, progress_wanted, training_batches)
+                         in_batches, load_checkpoint, lr_factor, optimizer_step, progress_wanted,
+                         training_batches)
 from vqlib.vqgan import VQGAN, VQGANConfig
 
 PIXEL_LOSSES = ("l1", "mse")
@@ -212,20 +213,12 @@ def fit_vqgan(model: VQGAN, criterion: VQGANLoss, data: Dataset, config: TrainCo
             terms = criterion.generator_terms(model, x, step)
             x_hat = terms.pop("x_hat")
             check_finite_terms(terms, step)
-            opt_g.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt_g.step()
-            sched_g.step()
+            optimizer_step(terms["loss"], opt_g, sched_g, model.parameters(), config.grad_clip)
             if disc is not None:
                 if criterion.adversarial(step):
                     d_terms = criterion.discriminator_terms(x, x_hat)
                     check_finite_terms(d_terms, step)
-                    opt_d.zero_grad(set_to_none=True)
-                    d_terms["loss"].backward()
-                    opt_d.step()
-                    sched_d.step()
+                    optimizer_step(d_terms["loss"], opt_d, sched_d)
                     terms |= {"d_loss": d_terms["loss"].detach(), "logits_real": d_terms["logits_real"],
                               "logits_fake": d_terms["logits_fake"]}
             history.steps = step + 1
