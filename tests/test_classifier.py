@@ -40,6 +40,22 @@ def test_recipe_learns_digits_and_loads_from_the_cache():
     torch.testing.assert_close(again(x), model(x))
 
 
+def test_seeded_recipe_is_another_reproducible_judge(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQLIB_CACHE", str(tmp_path / "elsewhere"))
+    torch.manual_seed(456)  # the global random state must not matter to a seeded classifier
+    one_again, _ = train_mnist_classifier(profile="smoke", progress=False, seed=1)  # trained, not loaded
+    monkeypatch.setenv("VQLIB_CACHE", str(tmp_path))
+    torch.manual_seed(123)
+    one, _ = train_mnist_classifier(profile="smoke", progress=False, seed=1)
+    two, _ = train_mnist_classifier(profile="smoke", progress=False, seed=2)
+    book, _ = train_mnist_classifier(profile="smoke", progress=False)
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(one_again(x), one(x))
+    assert not torch.allclose(two(x), one(x)) and not torch.allclose(book(x), one(x))
+    assert sorted(p.name.split("-smoke")[0] for p in (tmp_path / "checkpoints").glob("*.pt")) == \
+        ["mnist-classifier", "mnist-classifier-seeded", "mnist-classifier-seeded"]
+
+
 def test_bad_input():
     model = Classifier(ClassifierConfig(channels=(4, 8), feature_dim=16))
     with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
