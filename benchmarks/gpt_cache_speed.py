@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from vqlib.gpt import GPT, GPTConfig
+from vqlib.priors.gpt import GPT, GPTConfig
 
 LENGTH = 256
 

@@ -8,7 +8,7 @@ printed: on a shared machine the load changes, and a ratio of neighbours is stea
 medians taken minutes apart.
 
 Compared: vqlib's ``VectorQuantizer`` and ``EMAVectorQuantizer``; seed 004's one-hot quantizer
-(``vqlib.errata``); and ``vector-quantize-pytorch`` configured alike (EMA, decay 0.99,
+(``vqlib.book.errata``); and ``vector-quantize-pytorch`` configured alike (EMA, decay 0.99,
 commitment weight 0.25, dead-code restarts below one vector per batch, no rotation trick), when
 it is installed (``pip install -e ".[bench]"``). Then chapter 6's quantizers, each with 512 codes
 per position where it has a codebook size: l2-normalised factorized codes (d = 8), the EMA
@@ -28,13 +28,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vqlib import errata
-from vqlib.factorized import FactorizedQuantizer
-from vqlib.fsq import FiniteScalarQuantizer
-from vqlib.lfq import LookupFreeQuantizer
-from vqlib.quantizers import EMAVectorQuantizer, VectorQuantizer
-from vqlib.residual_vq import ResidualVectorQuantizer
-from vqlib.rotation import RotationTrickQuantizer
+from vqlib.book import errata
+from vqlib.quantizers.factorized import FactorizedQuantizer
+from vqlib.quantizers.fsq import FiniteScalarQuantizer
+from vqlib.quantizers.lfq import LookupFreeQuantizer
+from vqlib.quantizers.residual import ResidualVectorQuantizer
+from vqlib.quantizers.rotation import RotationTrickQuantizer
+from vqlib.quantizers.vector import EMAVectorQuantizer, VectorQuantizer
 
 N, K, D = 16_384, 512, 64
 B, H, W = 16, 32, 32  # z_e is (B, D, H, W) with B·H·W = N
@@ -73,7 +73,7 @@ def candidates(z_e: torch.Tensor) -> dict[str, tuple[nn.Module, Callable]]:
     out: dict[str, tuple[nn.Module, Callable]] = {
         "vqlib VectorQuantizer": (vq, lambda z: vq(z)[:2]),
         "vqlib EMAVectorQuantizer (restarts on)": (ema, lambda z: ema(z)[:2]),
-        "seed 004 one-hot VectorQuantizer (vqlib.errata)": (seed, lambda z: seed(z)[:2]),
+        "seed 004 one-hot VectorQuantizer (vqlib.book.errata)": (seed, lambda z: seed(z)[:2]),
     }
     try:  # optional: the `bench` extra
         from vector_quantize_pytorch import VectorQuantize

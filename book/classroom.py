@@ -13,7 +13,7 @@ setup cell of the downloadable notebooks. The student copy differs from the chap
   code is replaced by one such ``raise`` at the end of the cell;
 - a ``{admonition} Solution`` block (or ``{dropdown} Solution``) is removed from the Markdown.
 
-The checks (cells calling ``vqlib.exercises.check...``) stay, so a student runs the notebook, meets
+The checks (cells calling ``vqlib.book.exercises.check...``) stay, so a student runs the notebook, meets
 the first stub, fills it in, and runs the check below it. The functions here are pure
 (notebook in, notebook out) so that tests can call them.
 """

@@ -15,18 +15,18 @@ import argparse
 import importlib
 import os
 
-RECIPES = {  # name -> "module:function"; each function trains with vqlib.train.fit and returns (model, history)
-    "mnist-vae": "vqlib.vae:train_mnist_vae",
-    "mnist-autoencoder": "vqlib.vae:train_mnist_autoencoder",
-    "mnist-vqvae": "vqlib.vqvae:train_mnist_vqvae",
-    "mnist-classifier": "vqlib.classifier:train_mnist_classifier",
-    "mnist-maskgit": "vqlib.maskgit:train_mnist_maskgit",  # chapter 7: class-conditional MaskGIT on VQ-VAE codes
-    "mnist-codebooks": "vqlib.codebooks:train_mnist_codebooks",  # chapter 6: all nine quantizers of the table
-    "moving-mnist-video-vqvae": "vqlib.video_training:train_moving_mnist_tokenizer",  # chapter 8: 3D convolutions
-    "moving-mnist-attention-vqvae": "vqlib.video_training:train_moving_mnist_attention_vqvae",  # chapter 8: (2+1)D
-    "moving-mnist-frame-vqvae": "vqlib.video_training:train_moving_mnist_frame_vqvae",  # chapter 8: frame by frame
-    "photo-vqgan": "vqlib.vqgan_training:train_photo_vqgan",  # chapter 5: two optimisers, its own loop
-    "photo-vqgan-baseline": "vqlib.vqgan_training:train_photo_vqgan_baseline",  # chapter 5: VQ-VAE objective
+RECIPES = {  # name -> "module:function"; each function trains with vqlib.training.loop.fit and returns (model, history)
+    "mnist-vae": "vqlib.tokenizers.vae:train_mnist_vae",
+    "mnist-autoencoder": "vqlib.tokenizers.vae:train_mnist_autoencoder",
+    "mnist-vqvae": "vqlib.tokenizers.vqvae:train_mnist_vqvae",
+    "mnist-classifier": "vqlib.judges.classifier:train_mnist_classifier",
+    "mnist-maskgit": "vqlib.priors.maskgit:train_mnist_maskgit",  # chapter 7: class-conditional MaskGIT on VQ-VAE codes
+    "mnist-codebooks": "vqlib.recipes.ch06_codebooks:train_mnist_codebooks",  # chapter 6: all nine quantizers of the table
+    "moving-mnist-video-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_tokenizer",  # chapter 8: 3D convolutions
+    "moving-mnist-attention-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_attention_vqvae",  # chapter 8: (2+1)D
+    "moving-mnist-frame-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_frame_vqvae",  # chapter 8: frame by frame
+    "photo-vqgan": "vqlib.recipes.ch05_vqgan:train_photo_vqgan",  # chapter 5: two optimisers, its own loop
+    "photo-vqgan-baseline": "vqlib.recipes.ch05_vqgan:train_photo_vqgan_baseline",  # chapter 5: VQ-VAE objective
 }
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     module, function = RECIPES[args.recipe].split(":")
     model, history = getattr(importlib.import_module(module), function)()
 
-    from vqlib import distributed
+    from vqlib.core import distributed
 
     if distributed.is_main():
         print(f"{args.recipe}: {history.steps} steps, {history.seconds:.0f} s; last train loss "

@@ -3,7 +3,7 @@
     VQLIB_PROFILE=quick python scripts/vqgan_seeds.py [--seeds 0 1 2]
 
 Each seed changes the initialisation and the order of the batches (``TrainConfig.seed``) of the
-VQ-VAE-objective baseline and of the VQGAN, trained with ``vqlib.vqgan_training``'s recipes (and
+VQ-VAE-objective baseline and of the VQGAN, trained with ``vqlib.recipes.ch05_vqgan``'s recipes (and
 cached like them). The script fails if any run met NaN/inf (the training loop stops on them) or
 ended with non-finite weights, and prints PSNR, SSIM and the Fréchet distance in the judge's
 features for every run, with their mean and standard deviation over the seeds.
@@ -17,7 +17,7 @@ import statistics
 import torch
 
 import vqlib
-from vqlib.vqgan_training import train_photo_vqgan, train_photo_vqgan_baseline
+from vqlib.recipes.ch05_vqgan import train_photo_vqgan, train_photo_vqgan_baseline
 
 METRICS = ("psnr", "ssim", "fd")
 

@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under torchrun (or directly, for one process).
 
-Trains a tiny VQ autoencoder with vqlib.train.fit and saves, per process, the codebook and
+Trains a tiny VQ autoencoder with vqlib.training.loop.fit and saves, per process, the codebook and
 parameters it ends with: ``python ddp_worker.py OUT STEPS CHECKPOINT DATA_INIT``.
 """
 
@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from vqlib import distributed
-from vqlib.metrics import code_counts
-from vqlib.quantizers import EMAVectorQuantizer
-from vqlib.train import TrainConfig, fit
+from vqlib.core import distributed
+from vqlib.core.metrics import code_counts
+from vqlib.quantizers.vector import EMAVectorQuantizer
+from vqlib.training.loop import TrainConfig, fit
 
 
 @dataclass(frozen=True)

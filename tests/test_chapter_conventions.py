@@ -19,7 +19,7 @@ def _parse(source: str) -> ast.Module:
 
 
 def _name(node: ast.AST) -> str:
-    """`stamp` for `stamp`, `vqlib.stamp` and `vqlib.profile.stamp`."""
+    """`stamp` for `stamp`, `vqlib.stamp` and `vqlib.core.profile.stamp`."""
     return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
 
 

@@ -42,7 +42,7 @@ import time
 import torch
 
 import vqlib
-from vqlib.exercises import check, check_function
+from vqlib.book.exercises import check, check_function
 
 SEED = 0
 started = time.time()

@@ -1,4 +1,4 @@
-"""vqlib.codec: H.264 round trips through PyAV, rate arithmetic, code bits; writing videos to files."""
+"""vqlib.judges.codec: H.264 round trips through PyAV, rate arithmetic, code bits; writing videos to files."""
 
 import math
 
@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from vqlib import plot
-from vqlib.codec import (bits_per_pixel, bpp_at_psnr, entropy_code_bits, h264_roundtrip, header_bits, match_psnr,
-                         rate_distortion, uniform_code_bits, video_psnr)
+from vqlib.book import plot
+from vqlib.judges.codec import (
+    bits_per_pixel,
+    bpp_at_psnr,
+    entropy_code_bits,
+    h264_roundtrip,
+    header_bits,
+    match_psnr,
+    rate_distortion,
+    uniform_code_bits,
+    video_psnr,
+)
 
 av = pytest.importorskip("av")
 

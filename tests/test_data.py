@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from vqlib import data, download
-from vqlib.download import DownloadError, fetch
+from vqlib.core import download
+from vqlib.core.download import DownloadError, fetch
+from vqlib.data import mnist as data
 
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> bytes:

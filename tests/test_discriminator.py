@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vqlib.discriminator import PatchGAN, PatchGANConfig, discriminator_loss, generator_loss, receptive_field
+from vqlib.losses.discriminator import PatchGAN, PatchGANConfig, discriminator_loss, generator_loss, receptive_field
 
 
 def test_receptive_field_is_pix2pix_70_for_three_layers():

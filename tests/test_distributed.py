@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE))
 
 import ddp_worker  # noqa: E402
 
-from vqlib.train import training_batches  # noqa: E402
+from vqlib.training.loop import training_batches  # noqa: E402
 
 
 def launch(nproc: int, out: Path, steps: int, checkpoint: Path | None = None, data_init: bool = True) -> None:

@@ -1,11 +1,11 @@
-"""vqlib.errata keeps the seeds' code as printed: these tests pin down the mistakes the book measures."""
+"""vqlib.book.errata keeps the seeds' code as printed: these tests pin down the mistakes the book measures."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vqlib import errata
-from vqlib.quantizers import VectorQuantizer
+from vqlib.book import errata
+from vqlib.quantizers.vector import VectorQuantizer
 
 
 def test_seed000_encoder_gets_no_gradient():

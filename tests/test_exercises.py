@@ -1,4 +1,4 @@
-"""vqlib.exercises: a right answer prints ✓, a wrong one raises a message that says what is wrong."""
+"""vqlib.book.exercises: a right answer prints ✓, a wrong one raises a message that says what is wrong."""
 
 from collections import namedtuple
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqlib.exercises import ExerciseError, check, check_function, check_shape, difference
+from vqlib.book.exercises import ExerciseError, check, check_function, check_shape, difference
 
 
 def _error(fn, *args, **kwargs) -> str:

@@ -6,7 +6,7 @@ What every prior shares (normalisation, save/load, overfitting, bits/dim) is tes
 import pytest
 import torch
 
-from vqlib.gpt import GPT, GPTConfig, KVCache
+from vqlib.priors.gpt import GPT, GPTConfig, KVCache
 
 K, L = 7, 12
 

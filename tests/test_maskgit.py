@@ -7,11 +7,22 @@ import math
 import pytest
 import torch
 
-from vqlib.gpt import GPT, GPTConfig
-from vqlib.maskgit import (MaskGIT, MaskGITConfig, count_forward_calls, gamma, holdout_split, mask_counts,
-                           maskgit_loss, masked_bits, masked_cross_entropy, random_mask, step_flops)
-from vqlib.priors import prior_loss
-from vqlib.train import TrainConfig, fit
+from vqlib.priors.base import prior_loss
+from vqlib.priors.gpt import GPT, GPTConfig
+from vqlib.priors.maskgit import (
+    MaskGIT,
+    MaskGITConfig,
+    count_forward_calls,
+    gamma,
+    holdout_split,
+    mask_counts,
+    masked_bits,
+    masked_cross_entropy,
+    maskgit_loss,
+    random_mask,
+    step_flops,
+)
+from vqlib.training.loop import TrainConfig, fit
 
 K, L = 7, 12
 MASK = K

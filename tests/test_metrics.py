@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vqlib import metrics
+from vqlib.core import metrics
 
 
 def test_psnr_known_value_and_per_image_mean():

@@ -4,7 +4,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from vqlib.metrics import frechet_distance
+from vqlib.core.metrics import frechet_distance
 
 
 def with_statistics(mean: torch.Tensor, cov: torch.Tensor, n: int = 500) -> torch.Tensor:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from vqlib import data
-from vqlib.data import DIRECTIONS, caption, moving_mnist, read_moving_mnist_npy, skimage_clip
-from vqlib.download import DownloadError
+from vqlib.core.download import DownloadError
+from vqlib.data import mnist as data
+from vqlib.data.mnist import DIRECTIONS, caption, moving_mnist, read_moving_mnist_npy, skimage_clip
 
 
 @pytest.fixture(scope="module")

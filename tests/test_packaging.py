@@ -1,9 +1,9 @@
 """The install files agree: pyproject.toml, environment.yml and the constraints file."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from vqlib.perceptual import VGG16_TAPS, PerceptualLoss, VGG16Features, lpips_vgg, normalize_channels
-from vqlib.photonet import PhotoNet, PhotoNetConfig, labelled_crops, photo_net_loss, task_batch
-from vqlib.photos import TRAIN_PHOTOS
+from vqlib.data.photos import TRAIN_PHOTOS
+from vqlib.judges.photonet import PhotoNet, PhotoNetConfig, labelled_crops, photo_net_loss, task_batch
+from vqlib.losses.perceptual import VGG16_TAPS, PerceptualLoss, VGG16Features, lpips_vgg, normalize_channels
 
 
 def tiny_net(task: str = "photo") -> PhotoNet:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vqlib import photos
+from vqlib.data import photos
 
 
 def test_bundled_crops_have_the_right_shape_range_and_repeat():

@@ -6,8 +6,8 @@ What every prior shares (normalisation, save/load, overfitting, bits/dim) is tes
 import pytest
 import torch
 
-from vqlib.pixelcnn import MaskedConv2d, PixelCNN, PixelCNNConfig, dependence
-from vqlib.priors import prior_loss
+from vqlib.priors.base import prior_loss
+from vqlib.priors.pixelcnn import MaskedConv2d, PixelCNN, PixelCNNConfig, dependence
 
 K, H, W = 6, 5, 5
 

@@ -2,8 +2,8 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from vqlib import plot
-from vqlib.train import History
+from vqlib.book import plot
+from vqlib.training.loop import History
 
 
 def test_make_grid_places_every_image():

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from vqlib.gpt import GPT, GPTConfig
-from vqlib.pixelcnn import PixelCNN, PixelCNNConfig
-from vqlib.priors import bits_per_dim, check_cond, check_tokens, prior_loss, sample_from_logits, train_prior
+from vqlib.priors.base import bits_per_dim, check_cond, check_tokens, prior_loss, sample_from_logits, train_prior
+from vqlib.priors.gpt import GPT, GPTConfig
+from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
 
 
 def test_top_k_one_is_argmax_and_uses_no_randomness():
@@ -88,7 +88,7 @@ def test_token_and_label_checks_name_what_was_expected():
 
 
 def test_train_prior_learns_caches_and_retrains_for_new_codes():
-    from vqlib.train import TrainConfig
+    from vqlib.training.loop import TrainConfig
 
     config = GPTConfig(vocab_size=5, block_size=6, n_layer=1, n_head=2, n_embd=16)
     tokens = torch.arange(6).remainder(5).repeat(32, 1)  # one sequence, 32 times: easy to learn

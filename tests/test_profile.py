@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import vqlib
-from vqlib.profile import current_profile, pick
+from vqlib.core.profile import current_profile, pick
 
 
 @pytest.fixture

@@ -1,12 +1,19 @@
-"""vqlib.quantizers against brute force and hand-computed formulas, on tiny shapes."""
+"""vqlib.quantizers.vector against brute force and hand-computed formulas, on tiny shapes."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqlib.quantizers import (EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, kmeans, nearest_code, straight_through,
-                              straight_through_with_loss)
+from vqlib.quantizers.vector import (
+    EMAVectorQuantizer,
+    QuantizerOutput,
+    VectorQuantizer,
+    kmeans,
+    nearest_code,
+    straight_through,
+    straight_through_with_loss,
+)
 
 QUANTIZERS = [VectorQuantizer, EMAVectorQuantizer]
 EXACT = "donot_use_mm_for_euclid_dist"  # cdist by differences, not by the expanded square
@@ -377,12 +384,12 @@ def test_ema_kmeans_init_starts_from_centroids_once(monkeypatch):
     plain = EMAVectorQuantizer(codebook_size=2, code_dim=2, restart_threshold=0).train()
     plain(z_e)  # data init alone: two sampled vectors, not means
     assert not torch.allclose(plain.codebook.sort(0).values, means.sort(0).values, atol=1e-3)
-    import vqlib.quantizers
+    import vqlib.quantizers.vector
 
     def no_more(*args):
         raise AssertionError("k-means ran after the first training step")
 
-    monkeypatch.setattr(vqlib.quantizers, "kmeans", no_more)
+    monkeypatch.setattr(vqlib.quantizers.vector, "kmeans", no_more)
     q(z_e + 1.0)  # later steps are EMA steps
     resumed = EMAVectorQuantizer(codebook_size=2, code_dim=2, kmeans_iters=10).train()
     resumed.load_state_dict(q.state_dict())

@@ -1,4 +1,4 @@
-"""vqlib.codebooks: every quantizer kind inside the Chapter 2 VQ-VAE, evaluated and cached."""
+"""vqlib.recipes.ch06_codebooks: every quantizer kind inside the Chapter 2 VQ-VAE, evaluated and cached."""
 
 import math
 
@@ -6,10 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqlib.codebooks import (COMPARED, KINDS, build_quantizer, codes_per_position, comparison_model,
-                             joint_indices, train_mnist_codebook)
-from vqlib.data import mnist
-from vqlib.vqvae import VQVAE, VQVAEConfig, evaluate
+from vqlib.data.mnist import mnist
+from vqlib.recipes.ch06_codebooks import (
+    COMPARED,
+    KINDS,
+    build_quantizer,
+    codes_per_position,
+    comparison_model,
+    joint_indices,
+    train_mnist_codebook,
+)
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate
 
 OPTIONS = {"vq": dict(codebook_size=8), "ema": dict(codebook_size=8), "l2": dict(codebook_size=8, low_dim=3),
            "rotation": dict(inner="ema", codebook_size=8), "residual": dict(num_stages=2, codebook_size=4),

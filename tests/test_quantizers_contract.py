@@ -1,16 +1,16 @@
-"""Chapter 6's quantizers all keep the contract of vqlib.quantizers: QuantizerOutput, image and video
+"""Chapter 6's quantizers all keep the contract of vqlib.quantizers.vector: QuantizerOutput, image and video
 latents, decode_indices, gradients, eval() and checkpoints, and clear errors for bad input."""
 
 import pytest
 import torch
 from torch import nn
 
-from vqlib.factorized import FactorizedQuantizer
-from vqlib.fsq import FiniteScalarQuantizer
-from vqlib.lfq import LookupFreeQuantizer
-from vqlib.quantizers import EMAVectorQuantizer, QuantizerOutput, VectorQuantizer
-from vqlib.residual_vq import ResidualVectorQuantizer
-from vqlib.rotation import RotationTrickQuantizer
+from vqlib.quantizers.factorized import FactorizedQuantizer
+from vqlib.quantizers.fsq import FiniteScalarQuantizer
+from vqlib.quantizers.lfq import LookupFreeQuantizer
+from vqlib.quantizers.residual import ResidualVectorQuantizer
+from vqlib.quantizers.rotation import RotationTrickQuantizer
+from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput, VectorQuantizer
 
 D = 4
 MAKERS = {

@@ -1,4 +1,4 @@
-"""FSQ and LFQ (vqlib.fsq, vqlib.lfq) against their papers' formulas, computed directly."""
+"""FSQ and LFQ (vqlib.quantizers.fsq, vqlib.quantizers.lfq) against their papers' formulas, computed directly."""
 
 import itertools
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from vqlib.fsq import FiniteScalarQuantizer
-from vqlib.lfq import LookupFreeQuantizer
+from vqlib.quantizers.fsq import FiniteScalarQuantizer
+from vqlib.quantizers.lfq import LookupFreeQuantizer
 
 
 def low(q, z_e: torch.Tensor) -> torch.Tensor:

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqlib.factorized import FactorizedQuantizer
-from vqlib.quantizers import EMAVectorQuantizer, VectorQuantizer, straight_through
-from vqlib.residual_vq import ResidualVectorQuantizer
-from vqlib.rotation import RotationTrickQuantizer, rotation_trick
+from vqlib.quantizers.factorized import FactorizedQuantizer
+from vqlib.quantizers.residual import ResidualVectorQuantizer
+from vqlib.quantizers.rotation import RotationTrickQuantizer, rotation_trick
+from vqlib.quantizers.vector import EMAVectorQuantizer, VectorQuantizer, straight_through
 
 EXACT = "donot_use_mm_for_euclid_dist"
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vqlib.text import PAD, CaptionTokenizer, TextEncoder, TextEncoderConfig
+from vqlib.priors.text import PAD, CaptionTokenizer, TextEncoder, TextEncoderConfig
 
 CAPTIONS = ["a 3 moves left", "an 8 moves up", "a 3 moves left while a 7 moves down"]
 

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from vqlib.train import (History, TrainConfig, atomic_save, cache_dir, checkpoint_path, fit, load_checkpoint,
-                         training_batches)
+from vqlib.core.cache import atomic_save, cache_dir
+from vqlib.training.checkpoints import checkpoint_path, load_checkpoint
+from vqlib.training.loop import History, TrainConfig, fit, training_batches
 
 
 @dataclass(frozen=True)

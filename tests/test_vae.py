@@ -1,4 +1,4 @@
-"""Tests of vqlib.vae: shapes, the reparameterisation trick, the KL, the bounds, overfitting, bad input."""
+"""Tests of vqlib.tokenizers.vae: shapes, the reparameterisation trick, the KL, the bounds, overfitting, bad input."""
 
 from __future__ import annotations
 
@@ -9,9 +9,20 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from vqlib.vae import (VAE, Autoencoder, VAEConfig, active_units, bernoulli_log_likelihood, gaussian_kl,
-                       importance_log_likelihood, kl_per_dim, negative_elbo, reconstruction_loss, reparameterize,
-                       train_mnist_vae)
+from vqlib.tokenizers.vae import (
+    VAE,
+    Autoencoder,
+    VAEConfig,
+    active_units,
+    bernoulli_log_likelihood,
+    gaussian_kl,
+    importance_log_likelihood,
+    kl_per_dim,
+    negative_elbo,
+    reconstruction_loss,
+    reparameterize,
+    train_mnist_vae,
+)
 
 TINY = VAEConfig(latent_dim=3, hidden=(16,))
 
@@ -208,7 +219,7 @@ def test_save_load_round_trip_gives_the_same_output(vae: VAE) -> None:
 
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
-    from vqlib.data import mnist
+    from vqlib.data.mnist import mnist
 
     return mnist("train", "smoke").tensors[0][:32]  # (32, 1, 28, 28) real digits
 
@@ -274,7 +285,7 @@ def test_bad_latents_and_sample_sizes_get_clear_errors(vae: VAE) -> None:
 
 
 def test_recipe_models_start_from_the_same_weights_and_leave_the_global_rng_alone() -> None:
-    from vqlib.vae import _initialised
+    from vqlib.tokenizers.vae import _initialised
 
     torch.manual_seed(1)
     a = _initialised(VAE, TINY, seed=0)

@@ -1,4 +1,4 @@
-"""vqlib.video: shapes, errors, gradients, state, an overfit run, the training recipe; video plots."""
+"""vqlib.tokenizers.video: shapes, errors, gradients, state, an overfit run, the training recipe; video plots."""
 
 import dataclasses
 import math
@@ -7,10 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqlib import plot
-from vqlib.video import FrameVQVAE, TemporalAttention, VideoVQVAE, VideoVQVAEConfig
-from vqlib.video_training import equal_bits_configs, evaluate_video, frame_psnr, psnr_per_frame, train_video_vqvae
-from vqlib.vqvae import vqvae_loss
+from vqlib.book import plot
+from vqlib.recipes.ch08_video_tokenizers import (
+    equal_bits_configs,
+    evaluate_video,
+    frame_psnr,
+    psnr_per_frame,
+    train_video_vqvae,
+)
+from vqlib.tokenizers.video import FrameVQVAE, TemporalAttention, VideoVQVAE, VideoVQVAEConfig
+from vqlib.tokenizers.vqvae import vqvae_loss
 
 TINY = dict(frames=4, size=8, channels=1, hidden=8, res_hidden=4, res_blocks=1, codebook_size=16, code_dim=4,
             space_downsample=2, heads=2)

@@ -1,7 +1,7 @@
 """The video prior: caption conditioning, causality over video tokens, the KV cache, continuation, bad input.
 
 A tiny stand-in video tokenizer (block means quantised to K levels) replaces the trained one of
-``vqlib.video``: the prior and the continuation helpers only need ``encode``, ``decode`` and
+``vqlib.tokenizers.video``: the prior and the continuation helpers only need ``encode``, ``decode`` and
 ``latent_shape``.
 """
 
@@ -12,12 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqlib.gpt import GPT
-from vqlib.text import CaptionTokenizer
-from vqlib.train import TrainConfig
-from vqlib.video_prior import (VideoPrior, VideoPriorConfig, bits_per_token, continue_video, copy_last_frame,
-                               prompt_indices, temporal_stride, to_grid, to_sequence, train_video_prior,
-                               video_prior_loss)
+from vqlib.priors.gpt import GPT
+from vqlib.priors.text import CaptionTokenizer
+from vqlib.priors.video_prior import (
+    VideoPrior,
+    VideoPriorConfig,
+    bits_per_token,
+    continue_video,
+    copy_last_frame,
+    prompt_indices,
+    temporal_stride,
+    to_grid,
+    to_sequence,
+    train_video_prior,
+    video_prior_loss,
+)
+from vqlib.training.loop import TrainConfig
 
 K, T, S = 5, 4, 8  # codes, frames, frame side
 CAPTIONS = ["a 3 moves left", "a 7 moves down", "an 8 moves up", "a 3 moves right"]

@@ -3,13 +3,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from vqlib.discriminator import PatchGAN, PatchGANConfig
-from vqlib.perceptual import PerceptualLoss
-from vqlib.photonet import PhotoNet, PhotoNetConfig
-from vqlib.train import TrainConfig
-from vqlib.vqgan import VQGAN, AttentionBlock, VQGANConfig
-from vqlib.vqgan_training import (VQGANLoss, VQGANLossConfig, adaptive_weight, fit_vqgan, train_photo_vqgan,
-                                  train_photo_vqgan_baseline, train_vqgan_prior)
+from vqlib.judges.photonet import PhotoNet, PhotoNetConfig
+from vqlib.losses.discriminator import PatchGAN, PatchGANConfig
+from vqlib.losses.perceptual import PerceptualLoss
+from vqlib.recipes.ch05_vqgan import (
+    VQGANLoss,
+    VQGANLossConfig,
+    adaptive_weight,
+    fit_vqgan,
+    train_photo_vqgan,
+    train_photo_vqgan_baseline,
+    train_vqgan_prior,
+)
+from vqlib.tokenizers.vqgan import VQGAN, AttentionBlock, VQGANConfig
+from vqlib.training.loop import TrainConfig
 
 TINY = VQGANConfig(hidden=8, channel_mult=(1, 2), res_blocks=1, norm_groups=4, codebook_size=16, code_dim=4,
                    quantizer="vq")

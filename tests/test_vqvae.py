@@ -1,4 +1,4 @@
-"""vqlib.vqvae: shapes, errors, gradients, state, an overfit run, and the cached MNIST recipe."""
+"""vqlib.tokenizers.vqvae: shapes, errors, gradients, state, an overfit run, and the cached MNIST recipe."""
 
 import dataclasses
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqlib.data import mnist
-from vqlib.vqvae import VQVAE, VQVAEConfig, evaluate, train_mnist_vqvae, vqvae_loss
+from vqlib.data.mnist import mnist
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, train_mnist_vqvae, vqvae_loss
 
 TINY = dict(in_channels=1, hidden=8, res_hidden=4, res_blocks=1, codebook_size=16, code_dim=4)
 

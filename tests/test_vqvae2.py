@@ -4,11 +4,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqlib.gpt import GPTConfig
-from vqlib.metrics import code_bits
-from vqlib.vqvae2 import (VQVAE2, BottomPrior, VQVAE2Config, equal_bits_codebook_size, train_photo_priors,
-                          train_photo_vqvae, train_photo_vqvae2)
-from vqlib.vqvae import vqvae_loss
+from vqlib.core.metrics import code_bits
+from vqlib.priors.gpt import GPTConfig
+from vqlib.tokenizers.vqvae import vqvae_loss
+from vqlib.tokenizers.vqvae2 import (
+    VQVAE2,
+    BottomPrior,
+    VQVAE2Config,
+    equal_bits_codebook_size,
+    train_photo_priors,
+    train_photo_vqvae,
+    train_photo_vqvae2,
+)
 
 TINY = VQVAE2Config(hidden=16, res_hidden=8, res_blocks=1, codebook_size=16, code_dim=4)
 

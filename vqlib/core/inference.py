@@ -1,0 +1,33 @@
+"""Running a trained model: in eval mode, without gradients, in batches on its device.
+
+``evaluating(model)`` switches a model to eval mode and restores its mode afterwards (dropout off,
+EMA codebooks frozen, BatchNorm statistics fixed); ``in_batches`` applies a function to a large
+tensor batch by batch on the model's device and gathers the results on the CPU.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``with evaluating(model):`` runs the block in eval mode, then restores the model's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """fn applied to x (N, ...) in batches on the model's device, in eval mode, concatenated on the CPU."""
+    device = next(model.parameters()).device
+    with evaluating(model):
+        return torch.cat([fn(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])

@@ -1,0 +1,152 @@
+"""What every prior over codes shares: input checks, sampling from logits, bits per dimension.
+
+A prior is a model of p(tokens): it maps integer tokens to logits and can sample new tokens.
+The book has a Gated PixelCNN (``vqlib.priors.pixelcnn``) and a GPT (``vqlib.priors.gpt``); the VQ-VAE-2
+bottom prior, MaskGIT and the video GPT of later chapters reuse the pieces here.
+
+- ``check_tokens`` / ``check_cond``: the one place that says what a prior accepts.
+- ``sample_from_logits``: one categorical draw per row, with temperature and top-k
+  (Holtzman et al. 2020 discuss both); ``top_k=1`` is greedy decoding (argmax, no randomness).
+- ``bits_per_dim``: the negative log-likelihood in bits per token, log2 K for a uniform prior.
+- ``prior_loss``: the loss function ``vqlib.training.loop.fit`` needs, for a batch ``(tokens,)`` or
+  ``(tokens, labels)``; ``train_prior`` trains a prior on a set of codes with it (or loads it
+  from the checkpoint cache, keyed by the codes themselves).
+
+Left out: nucleus (top-p) sampling and beam search.
+
+Dimension key: B batch, K vocabulary size (codebook size), L tokens, H W code-map height and width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Mapping, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from vqlib.training.checkpoints import checkpoint_path
+from vqlib.training.loop import History, TrainConfig, fit
+
+
+class Prior(Protocol):
+    """What the book calls a prior: ``nll(tokens, cond) -> (B,)`` in nats per token, and ``sample``."""
+
+    def nll(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+def check_tokens(tokens: torch.Tensor, vocab_size: int, shape: str, ndim: int) -> None:
+    """Raise a TypeError/ValueError unless ``tokens`` is a non-empty long tensor of rank ``ndim``
+    with values in [0, vocab_size). ``shape`` names the expected shape in messages, e.g. "(B, L)"."""
+    if not torch.is_tensor(tokens):
+        raise TypeError(f"tokens must be a torch.long tensor {shape}, got {type(tokens).__name__}")
+    if tokens.dtype != torch.long:
+        raise TypeError(f"tokens must be integer code indices (torch.long) {shape}, got dtype {tokens.dtype}; "
+                        "pass model.encode(x), not images or embeddings")
+    if tokens.dim() != ndim or tokens.shape[0] == 0:
+        raise ValueError(f"tokens must have shape {shape} with B >= 1, got {tuple(tokens.shape)}")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"tokens must lie in [0, {vocab_size}) (vocab_size={vocab_size}), got values in "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")
+
+
+def check_cond(cond: torch.Tensor | None, num_classes: int, batch: int) -> None:
+    """Class labels: required, (B,) long in [0, num_classes), when num_classes > 0; forbidden otherwise."""
+    if num_classes == 0:
+        if cond is not None:
+            raise ValueError("this prior is unconditional (num_classes=0) but got class labels cond; "
+                             "pass cond=None, or build the model with num_classes > 0")
+        return
+    if cond is None:
+        raise ValueError(f"this prior is class-conditional (num_classes={num_classes}): pass cond, "
+                         f"a (B,) long tensor of labels in [0, {num_classes})")
+    if not torch.is_tensor(cond) or cond.dtype != torch.long:
+        got = cond.dtype if torch.is_tensor(cond) else type(cond).__name__
+        raise TypeError(f"cond must be a (B,) torch.long tensor of class labels, got {got}")
+    if cond.shape != (batch,):
+        raise ValueError(f"cond must have shape ({batch},), one label per example, got {tuple(cond.shape)}")
+    if cond.min() < 0 or cond.max() >= num_classes:
+        raise ValueError(f"class labels must lie in [0, {num_classes}), got values in "
+                         f"[{int(cond.min())}, {int(cond.max())}]")
+
+
+def check_sampling(n: int, temperature: float, top_k: int | None) -> None:
+    """The number of samples and the sampling knobs: n >= 1, temperature > 0, top_k >= 1 or None."""
+    if n < 1:
+        raise ValueError(f"the number of samples n must be >= 1, got {n}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; for greedy decoding use top_k=1")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None (no truncation), got {top_k}")
+
+
+def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    """One draw per row from softmax(logits / temperature), restricted to the top_k largest.
+
+    logits (B, K) -> (B,) long. ``top_k=1`` returns the argmax and consumes no random numbers, so
+    greedy decoding is deterministic.
+    """
+    check_sampling(1, temperature, top_k)
+    if top_k == 1:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)  # (B,)
+
+
+def split_batch(batch: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A training batch ``(tokens,)`` or ``(tokens, labels)`` -> (tokens, cond or None)."""
+    if len(batch) not in (1, 2):
+        raise ValueError(f"a prior's batch is (tokens,) or (tokens, labels), got {len(batch)} tensors")
+    return batch[0], (batch[1] if len(batch) == 2 else None)
+
+
+def prior_loss(model: nn.Module, batch: tuple) -> Mapping[str, torch.Tensor]:
+    """Loss for ``vqlib.training.loop.fit``: mean NLL in nats per token, and the same in bits per dim for the log."""
+    tokens, cond = split_batch(batch)
+    loss = model.nll(tokens, cond).mean()
+    return {"loss": loss, "bits_per_dim": loss.detach() / math.log(2)}
+
+
+@torch.no_grad()
+def bits_per_dim(model: nn.Module, tokens: torch.Tensor, cond: torch.Tensor | None = None,
+                 batch_size: int = 500) -> float:
+    """Mean negative log2-likelihood per token of ``tokens`` (B, ...) under ``model`` (in eval mode).
+
+    A uniform prior over K codes scores log2 K; every bit below that is structure the prior found.
+    """
+    if len(tokens) == 0:
+        raise ValueError("bits_per_dim needs at least one sequence of tokens, got an empty batch")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    try:
+        for start in range(0, len(tokens), batch_size):
+            part = slice(start, start + batch_size)
+            c = None if cond is None else cond[part].to(device)
+            total += float(model.nll(tokens[part].to(device), c).double().sum())
+    finally:
+        model.train(was_training)
+    return total / len(tokens) / math.log(2)
+
+
+def train_prior(model: nn.Module, tokens: torch.Tensor, config: TrainConfig, name: str,
+                cond: torch.Tensor | None = None, test: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                progress: bool | None = None) -> History:
+    """Train ``model`` on ``tokens`` (N, ...) (with labels ``cond`` (N,) if conditional) with ``fit``.
+
+    ``test`` = (tokens, cond or None) adds the test bits/dim to the history's evaluations. The
+    checkpoint is keyed by the model and training configs and by a digest of the training tokens
+    and labels, so codes from a retrained VQ-VAE train a new prior instead of loading a stale one.
+    """
+    data = TensorDataset(tokens) if cond is None else TensorDataset(tokens, cond)
+    digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in data.tensors)).hexdigest()[:16]
+    eval_fn = None if test is None else (lambda m: {"bits_per_dim": bits_per_dim(m, *test)})
+    return fit(model, prior_loss, data, config, eval_fn=eval_fn, progress=progress,
+               checkpoint=checkpoint_path(name, model.config, config, {"data": digest}))

@@ -1,0 +1,225 @@
+"""GPT: a decoder-only transformer prior over a sequence of codes, with a key/value cache.
+
+Papers: Vaswani et al., "Attention Is All You Need", NeurIPS 2017 (the transformer); Radford et
+al., "Language Models are Unsupervised Multitask Learners", 2019 (GPT-2: pre-norm blocks, the
+initialisation used here). The code follows Karpathy's nanoGPT.
+
+What is in it:
+
+- Causal self-attention with ``F.scaled_dot_product_attention``; pre-norm blocks; learned
+  position embeddings.
+- A start token, so the first code is predicted too. The start token is an embedding that is not
+  a code: the model sees ``[start, tokens[0], tokens[1], ...]``. With ``num_classes > 0`` the start
+  token *is* the class embedding, so every position is conditioned on the label.
+- The contract of ``forward`` is nanoGPT's: tokens (B, L) -> logits (B, L, K) where
+  ``logits[:, t]`` is the distribution of token t+1 given tokens 0..t (and the start token). The
+  distribution of token 0 comes from the start token alone; ``nll`` adds it, so training and
+  bits/dim cover all L positions.
+- A key/value cache (``KVCache``): when sampling, each step feeds only the newest token and
+  attends to the stored keys and values of the earlier ones, so a step costs one token's work.
+- ``sample(..., prefix=tokens)`` continues given tokens (the video chapter continues clips).
+
+Left out: dropout on the residual stream beyond one ``dropout`` knob, weight tying, flash-attention
+specifics (SDPA picks a kernel), and other conditioning than a class label (text conditioning
+replaces the one start embedding by a sequence of text embeddings: see ``context``).
+
+Dimension key: B batch, L tokens, T positions fed to the transformer (start token included),
+C embedding width (n_embd), N heads, K vocabulary size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqlib.core.profile import pick
+from vqlib.priors.base import check_cond, check_sampling, check_tokens, sample_from_logits
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int  # K: codebook size
+    block_size: int  # L: longest token sequence (e.g. 49 for a 7 x 7 code map, raster order)
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads; must divide n_embd
+    n_embd: int = 128  # C: embedding width
+    dropout: float = 0.0  # on attention weights and residual branches while training
+    num_classes: int = 0  # > 0: class-conditional; the class embedding is the start token
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 2 or self.block_size < 1 or self.n_layer < 1:
+            raise ValueError(f"need vocab_size >= 2, block_size >= 1, n_layer >= 1, got {self}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.num_classes < 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"need num_classes >= 0 and 0 <= dropout < 1, got {self}")
+
+    @classmethod
+    def for_profile(cls, vocab_size: int, block_size: int, profile: str | None = None, **changes) -> "GPTConfig":
+        """The book's size for ``profile`` (default: the current one); ``changes`` override fields."""
+        sizes = pick(smoke=dict(n_layer=1, n_head=2, n_embd=16), quick=dict(n_layer=3, n_head=4, n_embd=64),
+                     full=dict(n_layer=8, n_head=8, n_embd=256, dropout=0.1), profile=profile)
+        return cls(vocab_size=vocab_size, block_size=block_size, **{**sizes, **changes})
+
+
+# ----------------------------------------------------------------------------- blocks
+
+class KVCache:
+    """Keys and values of one attention layer for the positions seen so far: (B, N, T_past, C/N)."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions' keys and values; return all of them, (B, N, T_past + T, C/N)."""
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). With a cache, x holds the newest T positions only."""
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, N, T, C/N)
+                   for t in self.qkv(x).split(C, dim=2))
+        past = 0 if cache is None else len(cache)
+        if cache is not None:
+            k, v = cache.extend(k, v)  # (B, N, past + T, C/N)
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:  # new position t may attend to every cached position and to new positions <= t
+            allowed = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        return self.drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + MLP(norm(x)).
+
+    ``attention`` is the attention module to use (default: ``CausalSelfAttention(config)``); a
+    bidirectional model (``vqlib.priors.maskgit``) passes one without the causal mask.
+    """
+
+    def __init__(self, config: GPTConfig, attention: nn.Module | None = None) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(config.n_embd), nn.LayerNorm(config.n_embd)
+        self.attn = attention if attention is not None else CausalSelfAttention(config)
+        self.mlp = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd), nn.GELU(),
+                                 nn.Linear(4 * config.n_embd, config.n_embd), nn.Dropout(config.dropout))
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+# ----------------------------------------------------------------------------- the model
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation: N(0, 0.02) for linear and embedding weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class GPT(nn.Module):
+    """GPT prior over token sequences: tokens (B, L) long -> logits (B, L, K) (see the module docstring)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.start = nn.Embedding(max(1, config.num_classes), config.n_embd)  # one start token, or one per class
+        self.pos_emb = nn.Embedding(config.block_size + 1, config.n_embd)  # +1: the start token's position
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
+
+
+    def context(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """What comes before the tokens: the start token, or the class token. -> (B, 1, C)"""
+        labels = cond if cond is not None else torch.zeros(batch, dtype=torch.long, device=self.start.weight.device)
+        return self.start(labels)[:, None]  # (B, 1, C)
+
+    def _logits(self, tokens: torch.Tensor, cond: torch.Tensor | None,
+                caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits at every new position. tokens (B, L) -> (B, L + 1, K) when nothing is cached yet
+        (the context comes first: row 0 predicts token 0), else (B, L, K) for the L new tokens."""
+        past = len(caches[0]) if caches else 0
+        x = self.tok_emb(tokens)  # (B, L, C)
+        if past == 0:
+            x = torch.cat([self.context(cond, len(tokens)), x], dim=1)  # (B, T = L + 1, C)
+        positions = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
+        x = self.drop(x + self.pos_emb(positions))
+        for block, cache in zip(self.blocks, caches or [None] * len(self.blocks)):
+            x = block(x, cache)
+        return self.head(self.ln_f(x))  # (B, T, K)
+
+    def _check(self, tokens: torch.Tensor, cond: torch.Tensor | None) -> None:
+        check_tokens(tokens, self.config.vocab_size, "(B, L)", ndim=2)
+        if tokens.shape[1] > self.config.block_size:
+            raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than block_size="
+                             f"{self.config.block_size}; the model has no positions beyond it")
+        check_cond(cond, self.config.num_classes, len(tokens))
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) long, L <= block_size -> logits (B, L, K); logits[:, t] predicts token t+1."""
+        self._check(tokens, cond)
+        return self._logits(tokens, cond)[:, 1:]  # drop row 0, the prediction of token 0
+
+    def nll(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative log-likelihood in nats per token of each sequence, all L positions: (B, L) -> (B,)."""
+        self._check(tokens, cond)
+        logits = self._logits(tokens[:, :-1], cond)  # (B, L, K): row t predicts token t
+        return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, length: int, cond: torch.Tensor | None = None, temperature: float = 1.0,
+               top_k: int | None = None, use_cache: bool = True, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw n sequences of ``length`` tokens, one token at a time -> (n, length) long.
+
+        ``prefix`` (n, P) long: the first P tokens are given and continued. ``top_k=1`` is greedy.
+        With ``use_cache`` each step feeds only the newest token (same result, less work).
+        """
+        check_sampling(n, temperature, top_k)
+        check_cond(cond, self.config.num_classes, n)
+        if not 1 <= length <= self.config.block_size:
+            raise ValueError(f"length must be in [1, block_size={self.config.block_size}], got {length}")
+        if prefix is None:
+            prefix = torch.zeros(n, 0, dtype=torch.long)  # (n, 0): nothing given
+        else:
+            check_tokens(prefix, self.config.vocab_size, f"({n}, P)", ndim=2)
+            if len(prefix) != n or prefix.shape[1] > length:
+                raise ValueError(f"prefix must have shape ({n}, P) with P <= length={length}, got {tuple(prefix.shape)}")
+        device = self.tok_emb.weight.device
+        tokens = prefix.to(device)  # (n, P)
+        cond = None if cond is None else cond.to(device)
+        caches = [KVCache() for _ in self.blocks] if use_cache else None
+        new = tokens  # what the cache has not seen yet
+        while tokens.shape[1] < length:
+            logits = self._logits(new if use_cache else tokens, cond, caches)[:, -1]  # (n, K)
+            new = sample_from_logits(logits, temperature, top_k)[:, None]  # (n, 1)
+            tokens = torch.cat([tokens, new], dim=1)  # (n, t + 1)
+        return tokens

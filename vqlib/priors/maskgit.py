@@ -1,0 +1,418 @@
+"""MaskGIT: a bidirectional transformer over codes, trained by masked token modelling and
+sampled by iterative parallel decoding.
+
+Paper: Chang, Zhang, Jiang, Liu and Freeman, "MaskGIT: Masked Generative Image Transformer",
+CVPR 2022. The training objective is BERT's (Devlin et al. 2019) with a random masking ratio;
+Austin et al., "Structured Denoising Diffusion Models in Discrete State-Spaces" (D3PM, NeurIPS
+2021) explain it as absorbing-state discrete diffusion: the mask token is the absorbing state and
+the masking schedule plays the role of the noise schedule.
+
+What is in it:
+
+- ``gamma``: the masking schedule γ(r), the fraction of tokens masked at ratio r in [0, 1],
+  γ(0) = 1 (all masked) and γ(1) = 0 (none); the paper's cosine γ(r) = cos(π r / 2), and linear
+  and square for comparison.
+- ``random_mask`` and ``maskgit_loss``: draw r ~ U(0, 1) per sequence, mask ⌈γ(r)·L⌉ random
+  positions, and take the cross-entropy on the masked positions only, optionally label-smoothed
+  while training (``MaskGITConfig.label_smoothing``; the paper uses 0.1; off by default, because in
+  trials on the book's MNIST codes it did not lower the validation Fréchet distance consistently).
+- ``MaskGIT``: the bidirectional transformer, built from ``vqlib.priors.gpt.Block`` with an attention
+  that has no causal mask (``SelfAttention``). The vocabulary has one extra token, the mask, whose
+  id is K; a class token (or one learned start token) comes first.
+- ``mask_counts`` and ``MaskGIT.decode``/``sample``: the paper's iterative decoding. Start with
+  every position masked; at each of T steps predict and sample all masked positions at once, keep
+  the most confident ones and re-mask the others so that the number still masked follows the
+  schedule; the confidences get Gumbel noise whose scale ("choice temperature") anneals to zero.
+- ``count_forward_calls``: counts network evaluations (forward calls of a module) while sampling.
+- ``holdout_split``: a seeded split of a training set into a part to train on and a disjoint
+  validation part, on which decoding hyper-parameters are chosen (never on the test set).
+- ``train_maskgit`` and the recipe ``train_mnist_maskgit`` (checkpoint cache, as ``train_prior``), trained
+  with ``MASKGIT_COMPUTE`` times the operations of Chapter 7's GPT.
+
+Left out: the paper's VQGAN tokenizer and its size (24 layers, 1024 codes of 16×16 images), and
+classifier-free guidance (added to MaskGIT by later work, e.g. Muse).
+
+Dimension key: B batch, L tokens (the flattened code map), C embedding width, K codebook size
+(token ids 0..K-1 are codes, id K is the mask token), T decoding steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from vqlib.core.profile import pick
+from vqlib.priors.base import check_cond, check_sampling, sample_from_logits, split_batch
+from vqlib.priors.gpt import Block, CausalSelfAttention, GPTConfig, KVCache, init_weights
+from vqlib.training.checkpoints import checkpoint_path
+from vqlib.training.loop import History, TrainConfig, fit
+
+SCHEDULES = ("cosine", "linear", "square")
+
+
+@dataclass(frozen=True)
+class MaskGITConfig:
+    vocab_size: int  # K: codebook size; the mask token gets id K
+    block_size: int  # L: tokens per sequence (49 for a 7 x 7 code map)
+    n_layer: int = 4  # transformer blocks (the paper: 24)
+    n_head: int = 4  # attention heads; must divide n_embd (the paper: 16)
+    n_embd: int = 128  # C: embedding width (the paper: 768)
+    dropout: float = 0.0  # on attention weights and residual branches while training (the paper: 0.1)
+    num_classes: int = 0  # > 0: class-conditional; the class embedding is the first token
+    schedule: str = "cosine"  # masking schedule used for training (the paper: cosine)
+    label_smoothing: float = 0.0  # of the masked cross-entropy while training (the paper: 0.1)
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 2 or self.block_size < 1 or self.n_layer < 1:
+            raise ValueError(f"need vocab_size >= 2, block_size >= 1, n_layer >= 1, got {self}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.num_classes < 0 or not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"need num_classes >= 0, 0 <= dropout < 1 and 0 <= label_smoothing < 1, got {self}")
+        check_schedule(self.schedule)
+
+    @classmethod
+    def for_profile(cls, vocab_size: int, block_size: int, profile: str | None = None, **changes) -> "MaskGITConfig":
+        """The book's size for ``profile`` (default: the current one), as ``GPTConfig.for_profile``."""
+        sizes = pick(smoke=dict(n_layer=1, n_head=2, n_embd=16, dropout=0.1),
+                     quick=dict(n_layer=3, n_head=4, n_embd=64, dropout=0.1),  # Chapter 7: 44 epochs of 3,500 maps
+                     full=dict(n_layer=8, n_head=8, n_embd=256, dropout=0.1), profile=profile)
+        return cls(vocab_size=vocab_size, block_size=block_size, **{**sizes, **changes})
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+def check_schedule(schedule: str) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def gamma(r: torch.Tensor | float, schedule: str = "cosine") -> torch.Tensor:
+    """Fraction of tokens masked at ratio r in [0, 1]: decreasing, γ(0) = 1, γ(1) = 0. Any shape."""
+    check_schedule(schedule)
+    r = torch.as_tensor(r, dtype=torch.float64)
+    if r.numel() and (r.min() < 0 or r.max() > 1):
+        raise ValueError(f"the ratio r must lie in [0, 1], got values in [{float(r.min())}, {float(r.max())}]")
+    if schedule == "cosine":
+        return torch.cos(math.pi / 2 * r).clamp(0, 1)  # the paper's choice (section 3.3)
+    if schedule == "linear":
+        return 1 - r
+    return 1 - r**2  # "square"
+
+
+def mask_counts(n_masked: int, steps: int, schedule: str = "cosine") -> list[int]:
+    """How many tokens are still masked after each of ``steps`` decoding steps -> list of length T.
+
+    Step t (0-based) leaves ⌊n_masked · γ((t+1)/T)⌋ masked, clipped so that every step unmasks at
+    least one token and each later step still has one to unmask; the last entry is 0.
+    """
+    if steps < 1 or steps > n_masked:
+        raise ValueError(f"steps must be in [1, {n_masked}] (at least one token unmasked per step), got {steps}")
+    counts, left = [], n_masked
+    for t in range(steps):
+        target = math.floor(n_masked * float(gamma((t + 1) / steps, schedule)) + 1e-9)  # 1e-9: 10·0.2 is 1.99...
+        left = min(max(target, steps - 1 - t), left - 1)
+        counts.append(left)
+    return counts
+
+
+# ----------------------------------------------------------------------------- training
+
+def random_mask(tokens: torch.Tensor, mask_id: int, schedule: str = "cosine",
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask ⌈γ(r)·L⌉ random positions of each sequence, r ~ U(0, 1) per sequence (at least one).
+
+    tokens (B, L) -> (masked tokens (B, L) with ``mask_id`` at masked positions, mask (B, L) bool).
+    """
+    B, L = tokens.shape
+    r = torch.rand(B, generator=generator).to(tokens.device)  # (B,)
+    n = torch.ceil(gamma(r, schedule) * L).long().clamp(1, L)  # (B,) tokens to mask
+    scores = torch.rand(B, L, generator=generator).to(tokens.device)  # (B, L) a random order per sequence
+    ranks = scores.argsort(dim=1).argsort(dim=1)  # (B, L) rank of each position in that order
+    mask = ranks < n[:, None]  # (B, L) the first n in the random order
+    return tokens.masked_fill(mask, mask_id), mask
+
+
+def masked_cross_entropy(model: "MaskGIT", tokens: torch.Tensor, cond: torch.Tensor | None = None,
+                         generator: torch.Generator | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy (nats) over the masked positions of a random masking of ``tokens`` (B, L),
+    against targets smoothed by ``label_smoothing`` (0: the plain cross-entropy)."""
+    model.check_tokens(tokens, allow_mask=False)
+    masked, mask = random_mask(tokens, model.config.mask_id, model.config.schedule, generator)
+    logits = model(masked, cond)  # (B, L, K)
+    return F.cross_entropy(logits[mask], tokens[mask], label_smoothing=label_smoothing)  # masked positions only
+
+
+def maskgit_loss(model: "MaskGIT", batch: tuple) -> Mapping[str, torch.Tensor]:
+    """Loss for ``vqlib.training.loop.fit``, batch ``(tokens,)`` or ``(tokens, labels)``: masked cross-entropy,
+    label-smoothed by ``model.config.label_smoothing``; ``masked_bits`` is the plain (unsmoothed) one."""
+    tokens, cond = split_batch(batch)
+    model.check_tokens(tokens, allow_mask=False)
+    masked, mask = random_mask(tokens, model.config.mask_id, model.config.schedule)
+    logits, targets = model(masked, cond)[mask], tokens[mask]  # (M, K), (M,) masked positions only
+    loss = F.cross_entropy(logits, targets, label_smoothing=model.config.label_smoothing)
+    plain = F.cross_entropy(logits.detach(), targets)
+    return {"loss": loss, "masked_bits": plain / math.log(2)}
+
+
+@torch.no_grad()
+def masked_bits(model: "MaskGIT", tokens: torch.Tensor, cond: torch.Tensor | None = None, seed: int = 0,
+                batch_size: int = 500) -> float:
+    """Bits per masked token on ``tokens`` (N, L), with masks drawn from a fixed seed (comparable
+    between evaluations). Not a likelihood: a masked model has no exact one."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(tokens), batch_size):
+            part = slice(start, start + batch_size)
+            c = None if cond is None else cond[part].to(device)
+            n = len(tokens[part])
+            total += float(masked_cross_entropy(model, tokens[part].to(device), c, generator)) * n
+            count += n
+    finally:
+        model.train(was_training)
+    return total / count / math.log(2)
+
+
+# ----------------------------------------------------------------------------- the model
+
+class SelfAttention(CausalSelfAttention):
+    """Bidirectional self-attention: every position attends to every position (no mask, no cache)."""
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C)."""
+        if cache is not None:
+            raise ValueError("bidirectional attention has no key/value cache: every step sees every position")
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, N, T, C/N)
+                   for t in self.qkv(x).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
+
+
+class MaskGIT(nn.Module):
+    """Bidirectional transformer: tokens (B, L) in [0, K] (K = mask) -> logits (B, L, K) over the codes."""
+
+    def __init__(self, config: MaskGITConfig) -> None:
+        super().__init__()
+        self.config = config
+        blocks = GPTConfig(vocab_size=config.vocab_size, block_size=config.block_size, n_layer=config.n_layer,
+                           n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout)
+        self.tok_emb = nn.Embedding(config.vocab_size + 1, config.n_embd)  # +1: the mask token
+        self.start = nn.Embedding(max(1, config.num_classes), config.n_embd)  # one start token, or one per class
+        self.pos_emb = nn.Embedding(config.block_size + 1, config.n_embd)  # +1: the class token's position
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(blocks, SelfAttention(blocks)) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size)  # predicts codes only, never the mask
+        self.apply(init_weights)
+
+
+    def check_tokens(self, tokens: torch.Tensor, allow_mask: bool = True) -> None:
+        K, what = self.config.vocab_size, "(B, L) with L <= block_size"
+        if not torch.is_tensor(tokens) or tokens.dtype != torch.long:
+            got = tokens.dtype if torch.is_tensor(tokens) else type(tokens).__name__
+            raise TypeError(f"tokens must be a torch.long tensor {what} of code indices, got {got}")
+        if tokens.dim() != 2 or tokens.shape[0] == 0 or not 1 <= tokens.shape[1] <= self.config.block_size:
+            raise ValueError(f"tokens must have shape {what}={self.config.block_size}, B >= 1, "
+                             f"got {tuple(tokens.shape)}")
+        top = K if allow_mask else K - 1
+        if tokens.min() < 0 or tokens.max() > top:
+            allowed = f"codes in [0, {K}) or the mask id {K}" if allow_mask else f"codes in [0, {K})"
+            raise ValueError(f"tokens must be {allowed}, got values in [{int(tokens.min())}, {int(tokens.max())}]")
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) long in [0, K] (K = mask), cond (B,) labels or None -> logits (B, L, K)."""
+        self.check_tokens(tokens)
+        check_cond(cond, self.config.num_classes, len(tokens))
+        labels = cond if cond is not None else torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
+        x = torch.cat([self.start(labels)[:, None], self.tok_emb(tokens)], dim=1)  # (B, L + 1, C)
+        x = self.drop(x + self.pos_emb(torch.arange(x.shape[1], device=x.device)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x[:, 1:]))  # (B, L, K): the class token predicts nothing
+
+    @torch.no_grad()
+    def decode(self, n: int, cond: torch.Tensor | None = None, steps: int = 8, schedule: str | None = None,
+               temperature: float = 1.0, top_k: int | None = None, choice_temperature: float = 4.5,
+               tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Iterative decoding (the paper's Algorithm, section 3.2) -> every state, (T + 1, n, L) long.
+
+        State 0 is the start (all masked, or ``tokens`` (n, L) with the mask id K where unknown); state
+        t is after step t; state T has no mask left. One network evaluation per step. Known tokens
+        never change. ``schedule`` defaults to the training one; ``choice_temperature`` scales the
+        Gumbel noise added to the log-confidences (annealed linearly to 0; 0 = keep the most confident).
+        """
+        check_sampling(n, temperature, top_k)
+        check_cond(cond, self.config.num_classes, n)
+        if not choice_temperature >= 0:
+            raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+        schedule = schedule or self.config.schedule
+        check_schedule(schedule)
+        L, mask_id = self.config.block_size, self.config.mask_id
+        device = self.tok_emb.weight.device
+        if tokens is None:
+            tokens = torch.full((n, L), mask_id, dtype=torch.long, device=device)  # (n, L) all masked
+        else:
+            self.check_tokens(tokens)
+            if tokens.shape != (n, L):
+                raise ValueError(f"tokens must have shape ({n}, {L}) (n, block_size), got {tuple(tokens.shape)}")
+            tokens = tokens.to(device)
+        unknown = tokens == mask_id  # (n, L)
+        n_masked = int(unknown.sum(1).min())
+        if not torch.equal(unknown.sum(1), torch.full((n,), n_masked, device=device)):
+            raise ValueError("every sequence in tokens must have the same number of masked positions")
+        counts = mask_counts(n_masked, steps, schedule)  # checks 1 <= steps <= n_masked
+        cond = None if cond is None else cond.to(device)
+        states = [tokens]
+        for t, keep_masked in enumerate(counts):
+            logits = self(tokens, cond)[unknown]  # (M, K) at the M masked positions: one network evaluation
+            drawn = sample_from_logits(logits, temperature, top_k)  # (M,) every masked position at once
+            sampled = tokens.masked_scatter(unknown, drawn)  # (n, L) known tokens stay as they are
+            log_p = F.log_softmax(logits.float(), dim=-1).gather(1, drawn[:, None])[:, 0]  # (M,) confidence
+            if choice_temperature > 0:  # Gumbel noise, annealed: more random choices early on
+                gumbel = -torch.empty_like(log_p).exponential_().log()  # (M,) -log E, E ~ Exp(1)
+                log_p = log_p + choice_temperature * (1 - (t + 1) / len(counts)) * gumbel
+            confidence = torch.full((n, L), float("inf"), device=device)  # known tokens are never re-masked
+            confidence = confidence.masked_scatter(unknown, log_p)  # (n, L)
+            remask = confidence.argsort(dim=1)[:, :keep_masked]  # (n, keep_masked) least confident
+            unknown = torch.zeros_like(unknown).scatter_(1, remask, True)  # (n, L)
+            tokens = sampled.masked_fill(unknown, mask_id)
+            states.append(tokens)
+        return torch.stack(states)  # (T + 1, n, L)
+
+    def sample(self, n: int, cond: torch.Tensor | None = None, steps: int = 8, **kwargs) -> torch.Tensor:
+        """n sequences by iterative decoding in ``steps`` network evaluations -> (n, L) long codes.
+        Keyword arguments as ``decode``."""
+        return self.decode(n, cond, steps, **kwargs)[-1]
+
+
+# ----------------------------------------------------------------------------- counting and training
+
+class CallCounter:
+    count: int = 0
+
+
+@contextmanager
+def count_forward_calls(module: nn.Module) -> Iterator[CallCounter]:
+    """Count the forward calls of ``module`` inside the ``with`` block (e.g. a model's output head:
+    one call per network evaluation, for the GPT with or without its cache and for MaskGIT)."""
+    counter = CallCounter()
+
+    def hook(*_) -> None:
+        counter.count += 1
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield counter
+    finally:
+        handle.remove()
+
+
+def step_flops(model: nn.Module, loss_fn, batch: tuple) -> int:
+    """Floating-point operations of one training step's forward and backward pass of ``model`` with
+    ``loss_fn`` on ``batch`` (counted by ``torch.utils.flop_counter`` on a copy: the model is untouched)."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = copy.deepcopy(model).train()
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(net, batch)["loss"].backward()
+    return counter.get_total_flops()
+
+
+def holdout_split(n: int, n_holdout: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``n`` examples at random (seeded) -> (indices to train on (n - n_holdout,), held-out
+    indices (n_holdout,)), disjoint, together a permutation of 0..n-1."""
+    if not 0 < n_holdout < n:
+        raise ValueError(f"n_holdout must be in [1, n - 1] = [1, {n - 1}] (something to train on and to hold out), "
+                         f"got {n_holdout}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))  # (n,)
+    return order[n_holdout:], order[:n_holdout]
+
+
+def train_maskgit(model: MaskGIT, tokens: torch.Tensor, config: TrainConfig, name: str,
+                  cond: torch.Tensor | None = None, test: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                  progress: bool | None = None) -> History:
+    """Train ``model`` on ``tokens`` (N, L) (labels ``cond`` (N,) if conditional) with ``maskgit_loss``.
+
+    As ``vqlib.priors.base.train_prior``: ``test`` adds the test ``masked_bits`` to the evaluations, and the
+    checkpoint is keyed by the configs and a digest of the training tokens and labels.
+    """
+    data = TensorDataset(tokens) if cond is None else TensorDataset(tokens, cond)
+    digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in data.tensors)).hexdigest()[:16]
+    eval_fn = None if test is None else (lambda m: {"masked_bits": masked_bits(m, *test)})
+    return fit(model, maskgit_loss, data, config, eval_fn=eval_fn, progress=progress,
+               checkpoint=checkpoint_path(name, model.config, config, {"data": digest}))
+
+
+def mnist_maskgit_train_config(profile: str | None = None) -> TrainConfig:
+    """The GPT's budget in Chapter 7 (Chapter 3's settings, with eight times the steps in ``quick``);
+    MaskGIT's steps are set from it by floating-point operations (``step_flops``, ``MASKGIT_COMPUTE``).
+
+    In trials on the validation digits (``mnist_holdout``), with dropout 0.1 in both priors, both kept
+    improving up to sixteen times Chapter 3's steps; ``quick`` takes eight, a few minutes per prior
+    on two CPU cores."""
+    return TrainConfig(steps=pick(10, 4800, 8000, profile=profile), batch_size=pick(16, 32, 128, profile=profile),
+                       lr=pick(5e-3, 5e-3, 1e-3, profile=profile), warmup_steps=pick(0, 20, 200, profile=profile),
+                       cosine=True, log_every=pick(5, 100, 100, profile=profile),
+                       eval_every=pick(5, 1200, 1000, profile=profile))
+
+
+MASKGIT_COMPUTE = 2
+"""Chapter 7's MaskGIT trains with this many times the GPT's floating-point operations. A masked
+model learns more slowly per operation than a causal one (it must learn every order of the codes,
+and scores only the masked ones); at equal operations its 4-step samples stayed clearly behind the
+GPT's in Chapter 7's trials, with twice the operations they caught up. The chapter measures both."""
+
+
+def mnist_holdout(profile: str | None = None) -> int:
+    """How many MNIST training digits Chapter 7 holds out (``holdout_split``, seed 0) to choose
+    decoding settings on; the priors train on the rest."""
+    return pick(500, 500, 5000, profile=profile)
+
+
+def train_mnist_maskgit(profile: str | None = None, progress: bool | None = None) -> tuple[MaskGIT, History]:
+    """Chapter 7's class-conditional MaskGIT on the codes of the book's MNIST VQ-VAE (cached), trained
+    as in the chapter: on the training digits not held out, for ``MASKGIT_COMPUTE`` times the GPT's
+    operations.
+    -> (model in eval mode, history with the test ``masked_bits``)."""
+    import dataclasses
+
+    from vqlib.core.inference import in_batches
+    from vqlib.data.mnist import mnist
+    from vqlib.priors.base import prior_loss
+    from vqlib.priors.gpt import GPT
+    from vqlib.tokenizers.vqvae import train_mnist_vqvae
+
+    vqvae, _ = train_mnist_vqvae(profile)
+    (x_train, y_train), (x_test, y_test) = (mnist(split, profile).tensors for split in ("train", "test"))
+    fit_idx, _ = holdout_split(len(x_train), mnist_holdout(profile), 0)
+    codes_train = in_batches(vqvae.encode, vqvae, x_train[fit_idx]).flatten(1)  # (N, L)
+    codes_test = in_batches(vqvae.encode, vqvae, x_test).flatten(1)
+    K, L = vqvae.config.codebook_size, codes_train.shape[1]
+    model = MaskGIT(MaskGITConfig.for_profile(K, L, profile, num_classes=10))
+    gpt = GPT(GPTConfig.for_profile(K, block_size=L, num_classes=10, profile=profile, dropout=model.config.dropout))
+    training = mnist_maskgit_train_config(profile)
+    batch = (codes_train[:training.batch_size], y_train[fit_idx][:training.batch_size])
+    flop_ratio = step_flops(gpt, prior_loss, batch) / step_flops(model, maskgit_loss, batch)  # GPT / MaskGIT
+    steps = round(MASKGIT_COMPUTE * training.steps * flop_ratio)
+    history = train_maskgit(model, codes_train, dataclasses.replace(training, steps=steps), "ch7-maskgit-class",
+                            cond=y_train[fit_idx], test=(codes_test, y_test), progress=progress)
+    return model, history

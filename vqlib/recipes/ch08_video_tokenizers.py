@@ -1,0 +1,167 @@
+"""Training and scoring video tokenizers, and chapter 8's Moving MNIST recipes.
+
+What is in it: ``psnr_per_frame``, ``reconstruct``, ``frame_psnr`` and ``evaluate_video`` (PSNR per
+frame, codebook usage, perplexity); ``train_video_vqvae`` (``vqlib.training.loop.fit`` with the VQ-VAE
+loss, cached by name, configs, profile and a digest of the training set); chapter 8's clips
+(``CLIP_SIZES``, ``moving_mnist_clips``), its three tokenizers at equal bits
+(``equal_bits_configs``) and the recipes of ``scripts/train.py``.
+
+Dimension key: N clips, T frames, C channels, H W frame size, t h w code-grid size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from vqlib.core.metrics import code_counts, codebook_usage, perplexity
+from vqlib.core.profile import pick, seed_everything
+from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig, check_videos
+from vqlib.tokenizers.vqvae import vqvae_loss
+from vqlib.training.checkpoints import checkpoint_path
+from vqlib.training.loop import History, TrainConfig, fit
+
+
+def psnr_per_frame(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB, range 1) of every frame: x, x_hat (B, T, C, H, W) -> (B, T). x_hat is clipped to [0, 1]."""
+    if x.shape != x_hat.shape or x.dim() != 5:
+        raise ValueError(f"x and x_hat must be videos (B, T, C, H, W) of one shape, got "
+                         f"{tuple(x.shape)} and {tuple(x_hat.shape)}")
+    mse = (x.float() - x_hat.float().clamp(0, 1)).pow(2).flatten(2).mean(2).clamp_min(1e-12)  # (B, T)
+    return 10 * torch.log10(1 / mse)
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, videos: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat (N, T, C, H, W), indices (N, t, h, w)) of ``videos`` in eval mode, in batches."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x_hats, indices = [], []
+    try:
+        for start in range(0, len(videos), batch_size):
+            out = model(videos[start:start + batch_size].to(device))
+            x_hats.append(out.x_hat.cpu())
+            indices.append(out.indices.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(x_hats), torch.cat(indices)
+
+
+@torch.no_grad()
+def frame_psnr(model: nn.Module, videos: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Mean PSNR at each frame index over ``videos`` (N, T, C, H, W): -> (T,)."""
+    return psnr_per_frame(videos, reconstruct(model, videos, batch_size)[0]).mean(0)
+
+
+@torch.no_grad()
+def evaluate_video(model: nn.Module, videos: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Mean per-frame PSNR (dB), codebook usage and perplexity over all of ``videos``."""
+    x_hat, indices = reconstruct(model, videos, batch_size)
+    counts = code_counts(indices, model.config.codebook_size)
+    return {"psnr": psnr_per_frame(videos, x_hat).mean().item(), "usage": codebook_usage(counts),
+            "perplexity": perplexity(counts)}
+
+
+def video_train_config(profile: str | None = None, **overrides) -> TrainConfig:
+    """The training budget of a video tokenizer for a profile."""
+    defaults = dict(steps=pick(4, 400, 20_000, profile=profile), batch_size=pick(4, 16, 32, profile=profile),
+                    lr=2e-3, cosine=True, warmup_steps=pick(0, 20, 500, profile=profile),
+                    log_every=pick(2, 25, 100, profile=profile))
+    return TrainConfig(**{**defaults, **overrides})
+
+
+def fingerprint(videos: torch.Tensor) -> dict:
+    """A short digest of a training set, so that another set never loads this one's checkpoint."""
+    digest = hashlib.sha256(videos.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
+    return {"shape": list(videos.shape), "sha256": digest}
+
+
+def train_video_vqvae(videos_train: torch.Tensor, config: VideoVQVAEConfig, name: str,
+                      eval_videos: torch.Tensor | None = None, profile: str | None = None,
+                      progress: bool | None = None, frame_wise: bool = False,
+                      **train_overrides) -> tuple[nn.Module, History]:
+    """Train a ``VideoVQVAE`` (or, with ``frame_wise=True``, a ``FrameVQVAE``) on videos (N, T, C, H, W).
+
+    Trained once per name, configs, profile and training set, then loaded from the checkpoint cache.
+    ``train_overrides`` set fields of ``TrainConfig`` (steps, batch_size, lr, ...). With
+    ``eval_videos`` the history ends with their PSNR, codebook usage and perplexity.
+    Returns the model in eval mode and its History.
+    """
+    model_class = FrameVQVAE if frame_wise else VideoVQVAE
+    train_config = video_train_config(profile, **train_overrides)
+    seed_everything(train_config.seed)
+    model = model_class(config)
+    check_videos(videos_train, config, 1 if frame_wise else config.time_downsample)
+    eval_fn: Callable | None = None
+    if eval_videos is not None:
+        check_videos(eval_videos, config, 1 if frame_wise else config.time_downsample)
+        eval_fn = lambda m: evaluate_video(m, eval_videos)  # noqa: E731
+    path = checkpoint_path(name, config, train_config, fingerprint(videos_train), profile=profile)
+    history = fit(model, vqvae_loss, TensorDataset(videos_train), train_config, eval_fn=eval_fn,
+                  checkpoint=path, progress=progress)
+    return model, history
+
+
+# ----------------------------------------------------------------------------- chapter 8's recipes
+
+CLIP_SIZES = {"smoke": dict(frames=4, size=16, digit_size=8), "quick": dict(frames=8, size=32, digit_size=14),
+              "full": dict(frames=16, size=64, digit_size=28)}  # chapter 8's Moving MNIST clips per profile
+
+
+def moving_mnist_clips(split: str = "train", profile: str | None = None) -> torch.Tensor:
+    """Chapter 8's Moving MNIST clips (N, T, 1, S, S) of two digits, sized by ``CLIP_SIZES[profile]``.
+
+    In ``full`` the test clips are the first 16 frames of the published test set (Srivastava et
+    al. 2015); otherwise both splits are generated by ``vqlib.data.mnist.moving_mnist`` from the digits of
+    that split.
+    """
+    from vqlib.data.mnist import moving_mnist, published_moving_mnist
+
+    sizes = pick(CLIP_SIZES["smoke"], CLIP_SIZES["quick"], CLIP_SIZES["full"], profile=profile)
+    if split == "test" and pick(False, False, True, profile=profile):
+        return published_moving_mnist()[:, :sizes["frames"]]
+    n = pick(dict(train=16, test=8), dict(train=768, test=128), dict(train=20_000, test=1000), profile=profile)[split]
+    return moving_mnist(split, n=n, profile=profile, **sizes).videos
+
+
+def equal_bits_configs(profile: str | None = None, **overrides) -> dict[str, VideoVQVAEConfig]:
+    """Chapter 8's three tokenizers, all at the same bits per clip.
+
+    "3d" and "attention" code (T/2, S/4, S/4) with K codes; "frame" codes (T, S/4, S/4) with
+    sqrt(K) codes: twice the positions at half the bits per position.
+    """
+    base = VideoVQVAEConfig.for_profile(profile, channels=1, **overrides)
+    k_frame = math.isqrt(base.codebook_size)
+    if k_frame ** 2 != base.codebook_size or base.time_downsample != 2:
+        raise ValueError(f"equal bits need time_downsample=2 and a square codebook_size, got "
+                         f"{base.time_downsample} and {base.codebook_size}")
+    return {"3d": base, "attention": dataclasses.replace(base, temporal="attention"),
+            "frame": dataclasses.replace(base, time_downsample=1, codebook_size=k_frame)}
+
+
+def train_moving_mnist_tokenizer(kind: str = "3d", profile: str | None = None,
+                                 progress: bool | None = None, **train_overrides) -> tuple[nn.Module, History]:
+    """Chapter 8's tokenizer ``kind`` ("3d", "attention" or "frame") on its Moving MNIST clips, cached."""
+    configs = equal_bits_configs(profile)
+    if kind not in configs:
+        raise ValueError(f"kind must be one of {sorted(configs)}, got {kind!r}")
+    return train_video_vqvae(moving_mnist_clips("train", profile), configs[kind], f"ch8-mmnist-{kind}",
+                             eval_videos=moving_mnist_clips("test", profile)[:64], profile=profile,
+                             progress=progress, frame_wise=kind == "frame", **train_overrides)
+
+
+def train_moving_mnist_frame_vqvae() -> tuple[nn.Module, History]:
+    """``train_moving_mnist_tokenizer("frame")``: a recipe of scripts/train.py."""
+    return train_moving_mnist_tokenizer("frame")
+
+
+def train_moving_mnist_attention_vqvae() -> tuple[nn.Module, History]:
+    """``train_moving_mnist_tokenizer("attention")``: a recipe of scripts/train.py."""
+    return train_moving_mnist_tokenizer("attention")

@@ -1,0 +1,256 @@
+"""VQGAN's autoencoder: a residual encoder-decoder with GroupNorm, swish and self-attention.
+
+Paper: Esser, Rombach and Ommer, "Taming Transformers for High-Resolution Image Synthesis"
+(CVPR 2021), section 3.1; the blocks are those of their code (which borrows them from the
+diffusion model of Ho et al. 2020). Compared with the VQ-VAE of chapter 2 the network is deeper
+and normalised: every residual block is GroupNorm, swish, 3×3 convolution, twice; the lowest
+resolution has a self-attention block, so every code can see the whole image; and downsampling
+and upsampling are a strided convolution and nearest-neighbour doubling plus a convolution.
+The quantizer comes from ``vqlib.quantizers.vector``; β weighs the *commitment* term
+β·‖z_e - sg[z_q]‖², which keeps the encoder near its codes (eq. 4 of the paper). Some public
+releases put β on the codebook term instead: the tests pin the right one.
+
+What the adversarial and perceptual losses add is in ``vqlib.recipes.ch05_vqgan``.
+
+What is in it: ``VQGANConfig`` (the paper's f = 16 model; ``for_profile`` for the book's sizes),
+``ResnetBlock``, ``AttentionBlock``, ``Downsample``, ``Upsample``, ``Encoder``, ``Decoder`` and
+``VQGAN`` (``forward``, ``encode`` to indices, ``decode`` from indices, ``last_layer`` for the
+adaptive weight).
+
+Left out: dropout in the residual blocks, attention at resolutions other than the lowest, and
+the separate 1×1 ``quant_conv`` of the released code (the encoder's last convolution maps to D).
+
+Dimension key: B batch, C image channels, H W image height and width, F hidden channels,
+f downsampling factor, h w = H/f, W/f code map, D code dim, K codebook size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqlib.core.nn import check_images
+from vqlib.core.profile import pick
+from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, inference_indices
+
+QUANTIZERS = ("vq", "ema")
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    in_channels: int = 3  # C
+    hidden: int = 128  # F: channels at full resolution (the paper's "ch": 128)
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # F multipliers per resolution; f = 2^(levels - 1) = 16
+    res_blocks: int = 2  # residual blocks per resolution (the paper: 2)
+    norm_groups: int = 32  # GroupNorm groups (the paper: 32); fewer if a width is not divisible
+    codebook_size: int = 1024  # K (the paper: 1024 for ImageNet)
+    code_dim: int = 256  # D (the paper: 256)
+    beta: float = 0.25  # weight of the commitment term (the paper: 0.25)
+    quantizer: str = "vq"  # "vq": codebook learned by gradient (the paper); "ema": chapter 2's EMA codebook
+    decay: float = 0.99  # EMA decay ("ema" only)
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "hidden", "norm_groups", "codebook_size", "code_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.channel_mult or min(self.channel_mult) < 1 or self.res_blocks < 1:
+            raise ValueError(f"need a non-empty channel_mult of positive ints and res_blocks >= 1, got "
+                             f"channel_mult={self.channel_mult}, res_blocks={self.res_blocks}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+    @property
+    def downsample(self) -> int:
+        """f: each level but the last halves the resolution."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> VQGANConfig:
+        """The book's size for a profile (default: the current one); ``overrides`` set any field.
+
+        The book uses the EMA codebook of chapter 2 (data initialisation, dead-code restarts) in
+        every profile: short runs with a gradient-trained codebook lose most of their codes.
+        """
+        sizes = pick(smoke=dict(hidden=16, channel_mult=(1, 2), res_blocks=1, norm_groups=8, codebook_size=32,
+                                code_dim=8),
+                     quick=dict(hidden=16, channel_mult=(1, 2, 2), res_blocks=1, norm_groups=8, codebook_size=512,
+                                code_dim=32),
+                     full=dict(channel_mult=(1, 1, 2, 2, 4)), profile=profile)
+        return cls(**{**sizes, "quantizer": "ema", **overrides})
+
+
+class VQGANOutput(NamedTuple):
+    x_hat: torch.Tensor  # (B, C, H, W) reconstruction (no sigmoid)
+    loss: torch.Tensor  # () the quantizer's loss only
+    indices: torch.Tensor  # (B, h, w) long code map
+    z_e: torch.Tensor  # (B, D, h, w) encoder output
+    z_q: torch.Tensor  # (B, D, h, w) quantised, with the straight-through gradient
+
+
+# ----------------------------------------------------------------------------- blocks
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm with at most ``groups`` groups, as many as divide ``channels``."""
+    return nn.GroupNorm(math.gcd(channels, groups), channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    """x + conv(swish(norm(conv(swish(norm(x)))))), 1×1 projection of x when widths differ.
+
+    (B, F_in, H, W) -> (B, F_out, H, W).
+    """
+
+    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(group_norm(c_in, groups), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+                                  group_norm(c_out, groups), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class AttentionBlock(nn.Module):
+    """x + proj(softmax(q kᵀ / √F) v) over all h·w positions, one head. (B, F, h, w) -> (B, F, h, w)."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 × (B, h·w, F)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, h·w, F)
+        return x + self.proj(y.transpose(1, 2).reshape(b, c, h, w))
+
+
+class Downsample(nn.Module):
+    """3×3 convolution of stride 2 after padding right and bottom by one: (B, F, H, W) -> (B, F, H/2, W/2)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour doubling, then a 3×3 convolution: (B, F, H, W) -> (B, F, 2H, 2W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def middle(channels: int, groups: int) -> nn.Sequential:
+    """The lowest resolution: residual block, self-attention, residual block."""
+    return nn.Sequential(ResnetBlock(channels, channels, groups), AttentionBlock(channels, groups),
+                         ResnetBlock(channels, channels, groups))
+
+
+class Encoder(nn.Module):
+    """(B, C, H, W) -> z_e (B, D, H/f, W/f)."""
+
+    def __init__(self, config: VQGANConfig) -> None:
+        super().__init__()
+        widths = [config.hidden * m for m in config.channel_mult]
+        g = config.norm_groups
+        layers: list[nn.Module] = [nn.Conv2d(config.in_channels, widths[0], 3, padding=1)]
+        c = widths[0]
+        for level, width in enumerate(widths):
+            for _ in range(config.res_blocks):
+                layers.append(ResnetBlock(c, width, g))
+                c = width
+            if level < len(widths) - 1:
+                layers.append(Downsample(c))
+        layers += [middle(c, g), group_norm(c, g), nn.SiLU(), nn.Conv2d(c, config.code_dim, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, D, h, w)
+
+
+class Decoder(nn.Module):
+    """z_q (B, D, h, w) -> x_hat (B, C, h·f, w·f); the output is linear."""
+
+    def __init__(self, config: VQGANConfig) -> None:
+        super().__init__()
+        widths = [config.hidden * m for m in config.channel_mult]
+        g = config.norm_groups
+        c = widths[-1]
+        layers: list[nn.Module] = [nn.Conv2d(config.code_dim, c, 3, padding=1), middle(c, g)]
+        for level in reversed(range(len(widths))):
+            for _ in range(config.res_blocks + 1):  # one more block than the encoder (as in the paper's code)
+                layers.append(ResnetBlock(c, widths[level], g))
+                c = widths[level]
+            if level > 0:
+                layers.append(Upsample(c))
+        layers += [group_norm(c, g), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
+        self.conv_out = nn.Conv2d(c, config.in_channels, 3, padding=1)  # the "last layer" of the adaptive weight
+
+    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.net(z_q))  # (B, C, H, W)
+
+
+# ----------------------------------------------------------------------------- the model
+
+def make_quantizer(config: VQGANConfig) -> nn.Module:
+    """The quantizer named by ``config.quantizer``; β is always the commitment weight."""
+    if config.quantizer == "ema":
+        return EMAVectorQuantizer(config.codebook_size, config.code_dim, beta=config.beta, decay=config.decay)
+    return VectorQuantizer(config.codebook_size, config.code_dim, beta=config.beta)
+
+
+class VQGAN(nn.Module):
+    """x (B, C, H, W), H and W multiples of f -> VQGANOutput(x_hat, loss, indices (B, h, w), z_e, z_q)."""
+
+    def __init__(self, config: VQGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = make_quantizer(config)
+        self.decoder = Decoder(config)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight, where the adaptive weight λ compares gradients."""
+        return self.decoder.conv_out.weight
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of f."""
+        check_images(x, self.config.in_channels, self.config.downsample)
+
+    def forward(self, x: torch.Tensor) -> VQGANOutput:
+        self.check_images(x)
+        z_e = self.encoder(x)  # (B, D, h, w)
+        q: QuantizerOutput = self.quantizer(z_e)
+        return VQGANOutput(self.decoder(q.z_q), q.loss, q.indices, z_e, q.z_q)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> indices (B, h, w). No gradient; the codebook never changes."""
+        self.check_images(x)
+        return inference_indices(self.quantizer, self.encoder(x))
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (B, h, w) long -> x_hat (B, C, h·f, w·f)."""
+        if not torch.is_tensor(indices) or indices.dim() != 3:
+            raise ValueError(f"indices must be a (B, h, w) code map, got "
+                             f"{tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__}")
+        return self.decoder(self.quantizer.decode_indices(indices))
+
