@@ -31,9 +31,9 @@ from vqlib.quantizers.vector import (
     codes_per_position,
     joint_indices,  # noqa: F401 (re-exported)
 )
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, mnist_train_config, split_overrides, vqvae_loss
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, mnist_train_config, vqvae_loss
 from vqlib.training.checkpoints import checkpoint_path
-from vqlib.training.loop import History, fit
+from vqlib.training.loop import History, fit, split_overrides
 
 KINDS = ("vq", "ema", "l2", "rotation", "residual", "fsq", "lfq")
 
@@ -66,7 +66,7 @@ def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | 
     from vqlib.data.mnist import mnist
 
     options = dict(options or {})
-    model_overrides, train_overrides = split_overrides(overrides)
+    model_overrides, train_overrides = split_overrides(overrides, VQVAEConfig)
     config = VQVAEConfig.for_profile(profile, in_channels=1, **model_overrides)
     train_config = mnist_train_config(profile, **{"max_seconds": None, **train_overrides})
     seed_everything(train_config.seed)

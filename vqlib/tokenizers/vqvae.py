@@ -44,7 +44,7 @@ from vqlib.quantizers.vector import (
     joint_indices,
 )
 from vqlib.training.checkpoints import checkpoint_path
-from vqlib.training.loop import History, TrainConfig, fit
+from vqlib.training.loop import History, TrainConfig, fit, split_overrides
 
 QUANTIZERS = ("ema", "vq")
 
@@ -233,17 +233,6 @@ def mnist_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     return TrainConfig(**{**defaults, **overrides})
 
 
-def split_overrides(overrides: dict) -> tuple[dict, dict]:
-    """``overrides`` split into (VQVAEConfig fields, TrainConfig fields); any other name is an error."""
-    model_fields = {f.name for f in dataclasses.fields(VQVAEConfig)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - model_fields - train_fields
-    if unknown:
-        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of VQVAEConfig or TrainConfig")
-    return ({k: v for k, v in overrides.items() if k in model_fields},
-            {k: v for k, v in overrides.items() if k in train_fields})
-
-
 def train_mnist_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, History]:
     """The book's MNIST VQ-VAE, trained once per profile and configuration, then loaded from the cache.
 
@@ -252,7 +241,7 @@ def train_mnist_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, H
     """
     from vqlib.data.mnist import mnist
 
-    model_overrides, train_overrides = split_overrides(overrides)
+    model_overrides, train_overrides = split_overrides(overrides, VQVAEConfig)
     config = VQVAEConfig.for_profile(profile, in_channels=1, **model_overrides)
     train_config = mnist_train_config(profile, **train_overrides)
     seed_everything(train_config.seed)

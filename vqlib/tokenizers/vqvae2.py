@@ -45,7 +45,7 @@ from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
 from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput
 from vqlib.tokenizers.vqvae import VQVAE, Decoder, Encoder, VQVAEConfig, vqvae_loss
 from vqlib.training.checkpoints import checkpoint_path
-from vqlib.training.loop import History, TrainConfig, fit
+from vqlib.training.loop import History, TrainConfig, fit, split_overrides
 
 
 @dataclass(frozen=True)
@@ -221,18 +221,6 @@ def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
                     lr=pick(2e-3, 2e-3, 3e-4, profile=profile), cosine=True, log_every=pick(5, 25, 100, profile=profile),
                     max_seconds=pick(None, 100.0, None, profile=profile))  # a safety net: quick runs take ~60 s
     return TrainConfig(**{**defaults, **overrides})
-
-
-def split_overrides(overrides: dict, model_config: type) -> tuple[dict, dict]:
-    """Split keyword overrides into fields of ``model_config`` and of TrainConfig; refuse others."""
-    model_fields = {f.name for f in dataclasses.fields(model_config)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - model_fields - train_fields
-    if unknown:
-        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of {model_config.__name__} "
-                        "or TrainConfig")
-    return ({k: v for k, v in overrides.items() if k in model_fields},
-            {k: v for k, v in overrides.items() if k in train_fields})
 
 
 def fit_on_photos(name: str, model: nn.Module, loss_fn, train_config: TrainConfig,

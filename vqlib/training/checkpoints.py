@@ -35,6 +35,14 @@ def config_dict(config: Any) -> dict:
     raise TypeError(f"expected a dataclass config or a mapping, got {type(config).__name__}")
 
 
+def data_digest(*tensors: torch.Tensor) -> str:
+    """A short digest of training data, for a checkpoint key: another data set never loads this one's model."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def checkpoint_path(name: str, *configs: Any, profile: str | None = None) -> Path:
     """The cache path of a trained model: one file per name, profile and exact configs."""
     blob = json.dumps([config_dict(c) for c in configs], sort_keys=True).encode()

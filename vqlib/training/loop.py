@@ -66,6 +66,19 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
+def split_overrides(overrides: Mapping[str, Any], model_config: type) -> tuple[dict, dict]:
+    """Keyword overrides of a recipe split into (fields of ``model_config``, fields of TrainConfig);
+    any other name is an error that lists both."""
+    model_fields = {f.name for f in dataclasses.fields(model_config)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - model_fields - train_fields
+    if unknown:
+        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of {model_config.__name__} "
+                        "or TrainConfig")
+    return ({k: v for k, v in overrides.items() if k in model_fields},
+            {k: v for k, v in overrides.items() if k in train_fields})
+
+
 @dataclass
 class History:
     """What a run recorded: ``train`` and ``eval`` are lists of ``{"step": s, name: value, ...}``."""
