@@ -4,18 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqlib.core.inference import reconstruct
 from vqlib.core.metrics import code_bits
 from vqlib.priors.gpt import GPTConfig
+from vqlib.recipes.ch04_vqvae2 import train_photo_priors, train_photo_vqvae, train_photo_vqvae2
 from vqlib.tokenizers.vqvae import vqvae_loss
-from vqlib.tokenizers.vqvae2 import (
-    VQVAE2,
-    BottomPrior,
-    VQVAE2Config,
-    equal_bits_codebook_size,
-    train_photo_priors,
-    train_photo_vqvae,
-    train_photo_vqvae2,
-)
+from vqlib.tokenizers.vqvae2 import VQVAE2, BottomPrior, VQVAE2Config, equal_bits_codebook_size
 
 TINY = VQVAE2Config(hidden=16, res_hidden=8, res_blocks=1, codebook_size=16, code_dim=4)
 
@@ -69,6 +63,18 @@ def test_save_load_round_trip(tmp_path):
     loaded.load_state_dict(torch.load(tmp_path / "m.pt"))
     model.eval(), loaded.eval()
     torch.testing.assert_close(loaded(x).x_hat, model(x).x_hat, rtol=0, atol=0)
+
+
+def test_reconstruct_is_the_eval_forward_in_batches_and_keeps_the_mode():
+    model = tiny_model()
+    x = torch.rand(5, 3, 16, 16)
+    model(x)  # a training batch initialises the codebooks; the model stays in training mode
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x_hat = reconstruct(model, x, batch_size=2)  # batches of 2, 2 and 1
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert x_hat.shape == x.shape and 0 <= x_hat.min() and x_hat.max() <= 1
+    model.eval()
+    torch.testing.assert_close(x_hat, model(x).x_hat.clamp(0, 1))
 
 
 def test_overfits_one_batch():

@@ -2,7 +2,8 @@
 
 ``evaluating(model)`` switches a model to eval mode and restores its mode afterwards (dropout off,
 EMA codebooks frozen, BatchNorm statistics fixed); ``in_batches`` applies a function to a large
-tensor batch by batch on the model's device and gathers the results on the CPU.
+tensor batch by batch on the model's device and gathers the results on the CPU; ``reconstruct``
+does so with an autoencoder, whose output has an ``x_hat`` field.
 """
 
 from __future__ import annotations
@@ -31,3 +32,8 @@ def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: 
     device = next(model.parameters()).device
     with evaluating(model):
         return torch.cat([fn(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """An autoencoder's reconstructions ``model(x).x_hat`` of images x (N, C, H, W), clipped to [0, 1], on the CPU."""
+    return in_batches(lambda batch: model(batch).x_hat.clamp(0, 1), model, x, batch_size)  # (N, C, H, W)

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from vqlib.core.cache import atomic_save
-from vqlib.core.inference import in_batches
+from vqlib.core.inference import in_batches, reconstruct
 from vqlib.core.metrics import frechet_distance, psnr, ssim
 from vqlib.core.profile import pick, seed_everything
 from vqlib.data.photos import TRAIN_PHOTOS
@@ -261,11 +261,6 @@ def fit_vqgan(model: VQGAN, criterion: VQGANLoss, data: Dataset, config: TrainCo
 
 
 # ----------------------------------------------------------------------------- scores and recipes
-
-def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Reconstructions of x (N, C, H, W), clipped to [0, 1], on the CPU."""
-    return in_batches(lambda b: model(b).x_hat.clamp(0, 1), model, x, 256)
-
 
 def reconstruction_scores(x: torch.Tensor, x_hat: torch.Tensor, judge: nn.Module) -> dict[str, float]:
     """PSNR (dB), SSIM and the Fréchet distance between ``judge`` features of x and x_hat (N, C, H, W)."""

@@ -1,0 +1,112 @@
+"""Chapter 4: VQ-VAE-2 on photographs, next to a one-level VQ-VAE with the same code bits, and its priors.
+
+What is in it: ``train_photo_vqvae2`` (the two-level model of ``vqlib.tokenizers.vqvae2``),
+``train_photo_vqvae`` (the one-level baseline: a chapter 2 VQ-VAE at factor 4 whose codebook gets the
+two-level model's code bits, ``equal_bits_codebook_size``), both trained by ``fit_on_photos`` on
+``photos("train")`` and scored on ``photos("test")`` (``image_scores``: PSNR and SSIM), and
+``train_photo_priors`` (stage 2, a PixelCNN over the top codes; stage 3, a ``BottomPrior`` GPT over
+the bottom codes given the top). Every recipe trains once per profile and config, then loads from
+the checkpoint cache.
+
+Dimension key: N examples, C image channels, H W image height and width, h w bottom code map,
+ht wt top code map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from vqlib.core.inference import reconstruct
+from vqlib.core.metrics import psnr, ssim
+from vqlib.core.profile import pick, seed_everything
+from vqlib.data.photos import photos
+from vqlib.priors.base import train_prior
+from vqlib.priors.gpt import GPTConfig
+from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, vqvae_loss
+from vqlib.tokenizers.vqvae2 import VQVAE2, BottomPrior, VQVAE2Config, equal_bits_codebook_size
+from vqlib.training.checkpoints import checkpoint_path
+from vqlib.training.loop import History, TrainConfig, fit, split_overrides
+
+
+def image_scores(model: nn.Module, data: TensorDataset) -> dict[str, float]:
+    """Held-out PSNR (dB) and SSIM of a model's reconstructions of ``data``."""
+    x = data.tensors[0]
+    x_hat = reconstruct(model, x)
+    return {"psnr": float(psnr(x, x_hat)), "ssim": float(ssim(x, x_hat))}
+
+
+def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
+    """The training budget of the chapter 4 autoencoders (both get the same)."""
+    defaults = dict(steps=pick(10, 600, 30_000, profile=profile), batch_size=pick(16, 16, 128, profile=profile),
+                    lr=pick(2e-3, 2e-3, 3e-4, profile=profile), cosine=True,
+                    log_every=pick(5, 25, 100, profile=profile),
+                    max_seconds=pick(None, 100.0, None, profile=profile))  # a safety net: quick runs take ~60 s
+    return TrainConfig(**{**defaults, **overrides})
+
+
+def fit_on_photos(name: str, model: nn.Module, loss_fn, train_config: TrainConfig,
+                  profile: str | None = None) -> History:
+    """Train an autoencoder on ``photos("train")`` (or load it from the cache), scored on ``photos("test")``."""
+    test = photos("test", profile=profile)
+    return fit(model, loss_fn, photos("train", profile=profile), train_config, eval_fn=lambda m: image_scores(m, test),
+               checkpoint=checkpoint_path(name, model.config, train_config, profile=profile))
+
+
+def train_photo_vqvae2(profile: str | None = None, **overrides) -> tuple[VQVAE2, History]:
+    """The chapter 4 VQ-VAE-2 on photographs, trained once per profile and config, then cached.
+
+    ``overrides`` set fields of VQVAE2Config or TrainConfig. Returns the model in eval mode and its
+    History (with held-out PSNR and SSIM).
+    """
+    model_overrides, train_overrides = split_overrides(overrides, VQVAE2Config)
+    train_config = photo_train_config(profile, **train_overrides)
+    seed_everything(train_config.seed)
+    model = VQVAE2(VQVAE2Config.for_profile(profile, **model_overrides))
+    return model, fit_on_photos("photo-vqvae2", model, vqvae_loss, train_config, profile)  # mse + both VQ losses
+
+
+def train_photo_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, History]:
+    """The one-level baseline: a chapter 2 VQ-VAE (factor 4) with the two-level model's sizes and code bits."""
+    model_overrides, train_overrides = split_overrides(overrides, VQVAEConfig)
+    two_level = VQVAE2Config.for_profile(profile)
+    same_bits = dataclasses.replace(two_level.part(two_level.in_channels, two_level.code_dim, downsample=4),
+                                    codebook_size=equal_bits_codebook_size(two_level))
+    train_config = photo_train_config(profile, **train_overrides)
+    seed_everything(train_config.seed)
+    model = VQVAE(dataclasses.replace(same_bits, **model_overrides))
+    return model, fit_on_photos("photo-vqvae", model, vqvae_loss, train_config, profile)
+
+
+def prior_train_config(profile: str | None = None, **overrides) -> TrainConfig:
+    """The training budget of each chapter 4 prior."""
+    defaults = dict(steps=pick(10, 250, 20_000, profile=profile), batch_size=pick(16, 16, 64, profile=profile),
+                    lr=pick(3e-3, 3e-3, 5e-4, profile=profile), warmup_steps=pick(0, 20, 500, profile=profile),
+                    cosine=True, log_every=pick(5, 25, 100, profile=profile),
+                    max_seconds=pick(None, 60.0, None, profile=profile))
+    return TrainConfig(**{**defaults, **overrides})
+
+
+def train_photo_priors(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, profile: str | None = None,
+                       test: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[PixelCNN, BottomPrior, dict]:
+    """Stages 2 and 3: a PixelCNN over the top codes, then a GPT over the bottom codes given the top.
+
+    top (N, ht, wt) and bottom (N, h, w) are the training codes (``model.encode``); ``test`` adds
+    held-out bits per code to the histories. Both priors are cached, keyed by the codes.
+    Returns (top prior, bottom prior, {"top": History, "bottom": History}).
+    """
+    k = model.config.codebook_size
+    config = prior_train_config(profile)
+    top_prior = PixelCNN(PixelCNNConfig.for_profile(k, profile=profile))
+    top_history = train_prior(top_prior, top, config, "photo-top-prior",
+                              test=None if test is None else (test[0], None))
+    small = pick(smoke={}, quick=dict(n_layer=2, n_head=2, n_embd=64), full={}, profile=profile)  # 320 tokens on a CPU
+    gpt_config = GPTConfig.for_profile(k, block_size=top[0].numel() + bottom[0].numel(), profile=profile, **small)
+    bottom_prior = BottomPrior(gpt_config, top.shape[1:], bottom.shape[1:])
+    bottom_history = train_prior(bottom_prior, bottom, config, "photo-bottom-prior", cond=top,
+                                 test=None if test is None else (test[1], test[0]))
+    return top_prior, bottom_prior, {"top": top_history, "bottom": bottom_history}
