@@ -104,7 +104,8 @@ class VQVAE2(nn.Module):
 
     def check_images(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of 8."""
-        check_images(x, self.config.in_channels, 8, why="the top codes' downsampling factor")
+        check_images(x, self.config.in_channels, 8, why="the top codes' downsampling factor",
+                     dtype=next(self.parameters()).dtype)
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput, torch.Tensor, QuantizerOutput]:
         """Encoders and quantizers, top first: x (B, C, H, W) -> (z_e_top, top, z_e_bottom, bottom)."""
@@ -228,9 +229,9 @@ def fit_on_photos(name: str, model: nn.Module, loss_fn, train_config: TrainConfi
     """Train an autoencoder on ``photos("train")`` (or load it from the cache), scored on ``photos("test")``."""
     from vqlib.data.photos import photos
 
-    test = photos("test", profile=profile)
-    return fit(model, loss_fn, photos("train", profile=profile), train_config, eval_fn=lambda m: image_scores(m, test),
-               checkpoint=checkpoint_path(name, model.config, train_config, profile=profile))
+    test, train = photos("test", profile=profile), photos("train", profile=profile)
+    return fit(model, loss_fn, train, train_config, eval_fn=lambda m: image_scores(m, test),
+               checkpoint=checkpoint_path(name, model.config, train_config, data=train, profile=profile))
 
 
 def train_photo_vqvae2(profile: str | None = None, **overrides) -> tuple[VQVAE2, History]:
