@@ -32,8 +32,12 @@ def _check_pair(x: torch.Tensor, x_hat: torch.Tensor) -> None:
 def psnr(x: torch.Tensor, x_hat: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean over the batch of 10·log10(range² / MSE) per image. x, x_hat: (B, ...) -> scalar (dB)."""
     _check_pair(x, x_hat)
-    mse = (x.float() - x_hat.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)  # (B,)
-    return (10 * torch.log10(data_range**2 / mse)).mean()
+    mse = (x.float() - x_hat.float()).pow(2).flatten(1).mean(1)  # (B,)
+    if not torch.isfinite(mse).all():  # NaN or inf anywhere reaches its image's error
+        bad_x, bad_hat = int((~torch.isfinite(x)).sum()), int((~torch.isfinite(x_hat)).sum())
+        raise ValueError(f"psnr needs finite images, but x has {bad_x} and x_hat {bad_hat} NaN or inf values: "
+                         "check the model's output (did training diverge?)")
+    return (10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))).mean()
 
 
 def ssim(x: torch.Tensor, x_hat: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

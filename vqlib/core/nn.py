@@ -3,7 +3,8 @@
 - ``ResBlock``: the residual block of the VQ-VAE paper (van den Oord et al. 2017, section 4.1):
   ReLU, 3×3 convolution, ReLU, 1×1 convolution, added to the input.
 - ``res_stack``: several residual blocks and a final ReLU (as in the authors' Sonnet example).
-- ``check_images``: the one input check of every image tokenizer (rank, channels, size).
+- ``check_images``: the one input check of every image tokenizer (rank, channels, size, dtype);
+  ``check_dtype``: inputs must match the dtype of the model's weights (float64 meets float32 nowhere).
 - ``downsample`` / ``upsample``: a 4×4 convolution of stride 2 that halves H and W exactly (for
   even sizes), and the transposed convolution that doubles them.
 
@@ -18,10 +19,22 @@ import torch
 from torch import nn
 
 
-def check_images(x: torch.Tensor, channels: int, factor: int, why: str = "the downsampling factor") -> None:
-    """Raise a clear error unless x is a float (B, channels, H, W) batch with H, W positive multiples of factor."""
+def check_dtype(x: torch.Tensor, dtype: torch.dtype | None, name: str = "x") -> None:
+    """Raise a TypeError unless x can meet weights of ``dtype``: the same dtype, or any float but float64
+    under autocast (which casts both). ``dtype`` None: no check."""
+    if dtype is None or x.dtype == dtype or (x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type)):
+        return
+    raise TypeError(f"{name} is {x.dtype} but the model's weights are {dtype}: convert the input with "
+                    f"{name}.to({dtype})" + (f" (i.e. {name}.float())" if dtype == torch.float32 else ""))
+
+
+def check_images(x: torch.Tensor, channels: int, factor: int, why: str = "the downsampling factor",
+                 dtype: torch.dtype | None = None) -> None:
+    """Raise a clear error unless x is a float (B, channels, H, W) batch with H, W positive multiples of factor
+    (and, given ``dtype``, of the dtype of the model's weights)."""
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    check_dtype(x, dtype)
     if x.dim() != 4 or x.shape[1] != channels:
         hint = " (a grey image? repeat it to 3 channels with x.expand(-1, 3, -1, -1))" if x.dim() == 4 and \
             x.shape[1] == 1 and channels == 3 else ""

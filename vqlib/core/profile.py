@@ -39,18 +39,19 @@ def default_device() -> torch.device:
 
 
 def check_profile(name: str) -> str:
-    """Return ``name`` if it is a known profile, else raise a ValueError naming the choices."""
-    if name not in PROFILES:
+    """The known profile ``name`` spells, in any case ("Smoke" -> "smoke"), else a ValueError naming the choices."""
+    canonical = name.strip().lower() if isinstance(name, str) else name
+    if canonical not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: expected one of {', '.join(PROFILES)} "
                          "(set VQLIB_PROFILE to one of them, or unset it to choose from the hardware)")
-    return name
+    return canonical
 
 
 @functools.cache
 def current_profile() -> str:
     """The profile of this process: ``$VQLIB_PROFILE`` if set, else ``full`` on CUDA, else ``quick``."""
-    name = os.environ.get("VQLIB_PROFILE", "").strip().lower()
-    if name:
+    name = os.environ.get("VQLIB_PROFILE", "")
+    if name.strip():
         return check_profile(name)
     return "full" if default_device().type == "cuda" else "quick"
 

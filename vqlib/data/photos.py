@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import tarfile
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from vqlib.core.cache import cache_dir
+from vqlib.core.cache import cache_dir, cached_arrays
 from vqlib.core.download import DownloadError, fetch
 from vqlib.core.profile import check_profile, current_profile, pick
 
@@ -139,15 +137,11 @@ def read_jpeg_tar(path: str | Path, size: int) -> tuple[list[str], np.ndarray]:
 
 def downloaded_flowers(split: str, size: int) -> TensorDataset:
     """Oxford Flowers-102 at size × size; decoding 8,189 JPEGs takes a minute, so the pixels are cached."""
-    cached = cache_dir() / "data" / f"flowers102-{size}.npy"
-    if not cached.is_file():
-        _, images = read_jpeg_tar(fetch(FLOWERS_URL, FLOWERS_MD5, folder="flowers102"), size)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npy")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, images)
-        os.replace(tmp, cached)  # atomic: a concurrent reader never sees half a file
-    images = np.load(cached)
+    def decode() -> dict[str, np.ndarray]:
+        return {"images": read_jpeg_tar(fetch(FLOWERS_URL, FLOWERS_MD5, folder="flowers102"), size)[1]}
+
+    arrays = cached_arrays(cache_dir() / "data" / f"flowers102-{size}.npz", decode, "the Flowers-102 download")
+    images = arrays["images"]  # (N, S, S, 3) uint8
     test = np.arange(len(images)) % FLOWERS_TEST_EVERY == FLOWERS_TEST_EVERY - 1
     return to_dataset(images[test] if split == "test" else images[~test])
 

@@ -132,7 +132,8 @@ def train_mnist_classifier(profile: str | None = None, progress: bool | None = N
         seed_everything(seed)
     test = mnist("test", profile).tensors  # x (N, 1, 28, 28), y (N,)
     model = Classifier(config)
-    history = fit(model, classifier_loss, mnist("train", profile), train_config, progress=progress,
+    train = mnist("train", profile)
+    history = fit(model, classifier_loss, train, train_config, progress=progress,
                   eval_fn=lambda m: {"accuracy": accuracy(m, *test)},
-                  checkpoint=checkpoint_path(name, config, train_config, profile=profile))
+                  checkpoint=checkpoint_path(name, config, train_config, data=train, profile=profile))
     return model, history

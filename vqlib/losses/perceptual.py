@@ -30,6 +30,7 @@ Dimension key: B batch, C channels, H W height and width, L tapped layers.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -126,7 +127,12 @@ def _load_state(path: str | Path, what: str) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}; vqlib never downloads weights: put the file there first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only: a file that asks to run code when unpickled is refused, and none of it runs
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} is not a plain state dict ({what}): it holds Python objects other than tensors, "
+                         f"which vqlib does not load because loading them could run code ({str(err).splitlines()[-1]})"
+                         ) from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} should hold a state dict ({what}), got {type(state).__name__}")
     return state

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from typing import Mapping, Protocol
 
 import torch
@@ -73,8 +74,18 @@ def check_cond(cond: torch.Tensor | None, num_classes: int, batch: int) -> None:
                          f"[{int(cond.min())}, {int(cond.max())}]")
 
 
+def is_integer(value: object) -> bool:
+    """True for Python and NumPy integers (not bools, not floats such as 2.0)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_sampling(n: int, temperature: float, top_k: int | None) -> None:
     """The number of samples and the sampling knobs: n >= 1, temperature > 0, top_k >= 1 or None."""
+    if not is_integer(n):
+        raise TypeError(f"the number of samples n must be an integer >= 1, got {n!r} ({type(n).__name__})")
+    if top_k is not None and not is_integer(top_k):
+        raise TypeError(f"top_k must be an integer >= 1 or None (no truncation), got {top_k!r} "
+                        f"({type(top_k).__name__})")
     if n < 1:
         raise ValueError(f"the number of samples n must be >= 1, got {n}")
     if not temperature > 0:

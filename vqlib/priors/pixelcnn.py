@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqlib.core.profile import pick
-from vqlib.priors.base import check_cond, check_sampling, check_tokens, sample_from_logits
+from vqlib.priors.base import check_cond, check_sampling, check_tokens, is_integer, sample_from_logits
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,9 @@ class PixelCNN(nn.Module):
         """Draw n code maps of ``shape`` (H, W), one pixel at a time in raster order -> (n, H, W) long."""
         check_sampling(n, temperature, top_k)
         check_cond(cond, self.config.num_classes, n)
+        if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2
+                and all(is_integer(s) and s >= 1 for s in shape)):
+            raise ValueError(f"shape must be the code map's (H, W), two integers >= 1, got {shape!r}")
         height, width = shape
         device = self.embed.weight.device
         tokens = torch.zeros(n, height, width, dtype=torch.long, device=device)

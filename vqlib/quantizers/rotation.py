@@ -42,6 +42,11 @@ def rotation_trick(z_e: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         q = to_vectors(z_q)  # (N, D)
         e_norm, q_norm = e.norm(dim=1, keepdim=True), q.norm(dim=1, keepdim=True)  # (N, 1)
+        if not torch.isfinite(e_norm.sum() + q_norm.sum()):  # any NaN/inf reaches a norm: one sync, no pass
+            bad_e, bad_q = int((~torch.isfinite(z_e)).sum()), int((~torch.isfinite(z_q)).sum())
+            raise ValueError(f"the rotation trick needs finite vectors, but z_e has {bad_e} and z_q {bad_q} "
+                             f"NaN or inf values (of {z_e.numel()} each): the encoder diverged or its input "
+                             "was not finite; try a lower learning rate")
         e_hat, q_hat = e / e_norm.clamp_min(EPS), q / q_norm.clamp_min(EPS)
         r = F.normalize(e_hat + q_hat, dim=1, eps=EPS)  # (N, D)
         scale = q_norm / e_norm.clamp_min(EPS)  # (N, 1)

@@ -52,9 +52,9 @@ def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
 def fit_on_photos(name: str, model: nn.Module, loss_fn, train_config: TrainConfig,
                   profile: str | None = None) -> History:
     """Train an autoencoder on ``photos("train")`` (or load it from the cache), scored on ``photos("test")``."""
-    test = photos("test", profile=profile)
-    return fit(model, loss_fn, photos("train", profile=profile), train_config, eval_fn=lambda m: image_scores(m, test),
-               checkpoint=checkpoint_path(name, model.config, train_config, profile=profile))
+    test, train = photos("test", profile=profile), photos("train", profile=profile)
+    return fit(model, loss_fn, train, train_config, eval_fn=lambda m: image_scores(m, test),
+               checkpoint=checkpoint_path(name, model.config, train_config, data=train, profile=profile))
 
 
 def train_photo_vqvae2(profile: str | None = None, **overrides) -> tuple[VQVAE2, History]:

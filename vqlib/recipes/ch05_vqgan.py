@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from vqlib.core.cache import atomic_save
 from vqlib.core.inference import in_batches, reconstruct
 from vqlib.core.metrics import frechet_distance, psnr, ssim
 from vqlib.core.profile import pick, seed_everything
@@ -52,7 +51,7 @@ from vqlib.losses.perceptual import PerceptualLoss
 from vqlib.priors.base import train_prior
 from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
-from vqlib.training.checkpoints import checkpoint_meta, checkpoint_path, load_checkpoint
+from vqlib.training.checkpoints import checkpoint_meta, checkpoint_path, load_checkpoint, save_checkpoint
 from vqlib.training.loop import (
     History,
     TrainConfig,
@@ -200,7 +199,7 @@ def fit_vqgan(model: VQGAN, criterion: VQGANLoss, data: Dataset, config: TrainCo
             if disc is not None:
                 state |= {"discriminator": disc.state_dict(), "optimizer_d": opt_d.state_dict(),
                           "scheduler_d": sched_d.state_dict()}
-            atomic_save(state, checkpoint)
+            save_checkpoint(state, checkpoint)
 
     if history.steps >= end:
         model.eval()
@@ -328,12 +327,13 @@ def train_photo_vqgan(profile: str | None = None, stop_at: int | None = None, **
     disc_config = PatchGANConfig.for_profile(profile, **pick_for[PatchGANConfig])
     disc = PatchGAN(disc_config) if loss_config.disc_weight > 0 else None
     test = photos("test", size=size, profile=profile).tensors[0]
+    train = photos("train", size=size, profile=profile)
     key = {"disc": dataclasses.asdict(disc_config) if disc else None,
            "perceptual": digest(perceptual.net) if perceptual else None, "judge": digest(judge)}
-    history = fit_vqgan(model, VQGANLoss(loss_config, disc, perceptual), photos("train", size=size, profile=profile),
+    history = fit_vqgan(model, VQGANLoss(loss_config, disc, perceptual), train,
                         train_config, eval_fn=lambda m: reconstruction_scores(test, reconstruct(m, test), judge),
                         checkpoint=checkpoint_path("photo-vqgan", model_config, loss_config, train_config, key,
-                                                   profile=profile), stop_at=stop_at)
+                                                   data=train, profile=profile), stop_at=stop_at)
     return model, history
 
 

@@ -71,11 +71,10 @@ def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | 
     train_config = mnist_train_config(profile, **{"max_seconds": None, **train_overrides})
     seed_everything(train_config.seed)
     model = VQVAE(config, quantizer=build_quantizer(kind, config.code_dim, **options))
-    test = mnist("test", profile=profile)
-    history = fit(model, vqvae_loss, mnist("train", profile=profile), train_config,
-                  eval_fn=lambda m: evaluate(m, test),
+    test, train = mnist("test", profile=profile), mnist("train", profile=profile)
+    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate(m, test),
                   checkpoint=checkpoint_path(f"codebooks-{kind}", config, {"kind": kind, **options}, train_config,
-                                             profile=profile))
+                                             data=train, profile=profile))
     return model, history
 
 

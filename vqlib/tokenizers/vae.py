@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.core.nn import check_dtype
 from vqlib.core.profile import pick
 from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.loop import History, TrainConfig, fit
@@ -75,8 +76,9 @@ class VAEConfig:
 # ----------------------------------------------------------------------------- checks
 
 
-def check_images(x: torch.Tensor, config: VAEConfig) -> None:
-    """Raise an error a student can act on unless x is a non-empty (B, C, H, W) float batch in [0, 1]."""
+def check_images(x: torch.Tensor, config: VAEConfig, dtype: torch.dtype | None = None) -> None:
+    """Raise an error a student can act on unless x is a non-empty (B, C, H, W) float batch in [0, 1]
+    (of the weights' ``dtype``, when given)."""
     c, s = config.in_channels, config.image_size
     if not torch.is_tensor(x):
         raise TypeError(f"expected a torch.Tensor of images, got {type(x).__name__}")
@@ -87,6 +89,7 @@ def check_images(x: torch.Tensor, config: VAEConfig) -> None:
         raise ValueError("expected a non-empty batch, got 0 images")
     if not x.is_floating_point():
         raise TypeError(f"expected float images in [0, 1], got dtype {x.dtype} (use x.float() / 255)")
+    check_dtype(x, dtype)
     if not torch.isfinite(x).all():
         raise ValueError("the images contain NaN or inf")
     if x.min() < 0 or x.max() > 1:
@@ -193,7 +196,7 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z|x): x (B, C, H, W) in [0, 1] -> mu (B, D), logvar (B, D)."""
-        check_images(x, self.config)
+        check_images(x, self.config, next(self.parameters()).dtype)
         mu, logvar = self.encoder(x).chunk(2, dim=1)  # (B, D) each
         return mu, logvar
 
@@ -242,7 +245,7 @@ class Autoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) in [0, 1] -> code z (B, D)."""
-        check_images(x, self.config)
+        check_images(x, self.config, next(self.parameters()).dtype)
         return self.encoder(x)  # (B, D)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -390,9 +393,11 @@ def train_mnist_vae(profile: str | None = None, latent_dim: int = 16, beta: floa
     train_config = mnist_train_config(profile)
     test_x = mnist("test", profile).tensors[0]  # (N, 1, 28, 28)
     model = _initialised(VAE, config, train_config.seed)
-    history = fit(model, lambda m, batch: negative_elbo(m, batch[0], beta)._asdict(), mnist("train", profile),
+    train = mnist("train", profile)
+    history = fit(model, lambda m, batch: negative_elbo(m, batch[0], beta)._asdict(), train,
                   train_config, eval_fn=lambda m: evaluate_vae(m, test_x), progress=progress,
-                  checkpoint=checkpoint_path("mnist-vae", config, train_config, {"beta": beta}, profile=profile))
+                  checkpoint=checkpoint_path("mnist-vae", config, train_config, {"beta": beta}, data=train,
+                                             profile=profile))
     return model, history
 
 
@@ -405,7 +410,8 @@ def train_mnist_autoencoder(profile: str | None = None, latent_dim: int = 16,
     train_config = mnist_train_config(profile)
     test_x = mnist("test", profile).tensors[0]  # (N, 1, 28, 28)
     model = _initialised(Autoencoder, config, train_config.seed)
-    history = fit(model, lambda m, batch: {"loss": reconstruction_loss(m, batch[0])}, mnist("train", profile),
+    train = mnist("train", profile)
+    history = fit(model, lambda m, batch: {"loss": reconstruction_loss(m, batch[0])}, train,
                   train_config, eval_fn=lambda m: evaluate_autoencoder(m, test_x), progress=progress,
-                  checkpoint=checkpoint_path("mnist-ae", config, train_config, profile=profile))
+                  checkpoint=checkpoint_path("mnist-ae", config, train_config, data=train, profile=profile))
     return model, history

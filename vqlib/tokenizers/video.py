@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from vqlib.core.nn import check_dtype
 from vqlib.core.profile import pick
 from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput, inference_indices
 from vqlib.tokenizers.vqvae import VQVAE, Decoder, Encoder, VQVAEConfig
@@ -291,12 +292,15 @@ class DecoderAttention(nn.Module):
 
 # ----------------------------------------------------------------------------- the models
 
-def check_videos(x: torch.Tensor, config: VideoVQVAEConfig, time_factor: int, max_frames: int | None = None) -> None:
-    """Raise a clear error unless x is a finite float (B, T, C, H, W) batch in [0, 1] the model can take."""
+def check_videos(x: torch.Tensor, config: VideoVQVAEConfig, time_factor: int, max_frames: int | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+    """Raise a clear error unless x is a finite float (B, T, C, H, W) batch in [0, 1] the model can take
+    (of the weights' ``dtype``, when given)."""
     c, fs = config.channels, config.space_downsample
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise TypeError(f"videos must be a floating-point tensor in [0, 1], got "
                         f"{getattr(x, 'dtype', type(x).__name__)}; convert uint8 frames with x.float() / 255")
+    check_dtype(x, dtype, "videos")
     if x.dim() != 5 or x.shape[2] != c:
         hint = " (channels first? vqlib videos are (B, T, C, H, W), frames before channels)" \
             if x.dim() == 5 and x.shape[1] == c else ""
@@ -348,7 +352,7 @@ class VideoVQVAE(nn.Module):
 
     def check(self, x: torch.Tensor) -> None:
         check_videos(x, self.config, self.config.time_downsample,
-                     self.config.frames if self.config.temporal == "attention" else None)
+                     self.config.frames if self.config.temporal == "attention" else None, next(self.parameters()).dtype)
 
     def forward(self, x: torch.Tensor) -> VideoVQVAEOutput:
         self.check(x)

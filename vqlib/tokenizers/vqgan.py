@@ -232,7 +232,7 @@ class VQGAN(nn.Module):
 
     def check_images(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of f."""
-        check_images(x, self.config.in_channels, self.config.downsample)
+        check_images(x, self.config.in_channels, self.config.downsample, dtype=next(self.parameters()).dtype)
 
     def forward(self, x: torch.Tensor) -> VQGANOutput:
         self.check_images(x)

@@ -167,7 +167,7 @@ class VQVAE(nn.Module):
 
     def check_images(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of f."""
-        check_images(x, self.config.in_channels, self.config.downsample)
+        check_images(x, self.config.in_channels, self.config.downsample, dtype=next(self.parameters()).dtype)
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         self.check_images(x)
@@ -246,8 +246,7 @@ def train_mnist_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, H
     train_config = mnist_train_config(profile, **train_overrides)
     seed_everything(train_config.seed)
     model = VQVAE(config)
-    test = mnist("test", profile=profile)
-    history = fit(model, vqvae_loss, mnist("train", profile=profile), train_config,
-                  eval_fn=lambda m: evaluate(m, test),
-                  checkpoint=checkpoint_path("mnist-vqvae", config, train_config, profile=profile))
+    test, train = mnist("test", profile=profile), mnist("train", profile=profile)
+    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate(m, test),
+                  checkpoint=checkpoint_path("mnist-vqvae", config, train_config, data=train, profile=profile))
     return model, history

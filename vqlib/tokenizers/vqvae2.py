@@ -97,7 +97,8 @@ class VQVAE2(nn.Module):
 
     def check_images(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of 8."""
-        check_images(x, self.config.in_channels, 8, why="the top codes' downsampling factor")
+        check_images(x, self.config.in_channels, 8, why="the top codes' downsampling factor",
+                     dtype=next(self.parameters()).dtype)
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput, torch.Tensor, QuantizerOutput]:
         """Encoders and quantizers, top first: x (B, C, H, W) -> (z_e_top, top, z_e_bottom, bottom)."""

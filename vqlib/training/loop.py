@@ -33,9 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vqlib.core import distributed as dist
-from vqlib.core.cache import atomic_save
 from vqlib.core.inference import evaluating
-from vqlib.training.checkpoints import checkpoint_meta, load_checkpoint
+from vqlib.training.checkpoints import checkpoint_meta, load_checkpoint, save_checkpoint
 
 LossFn = Callable[[nn.Module, tuple], Mapping[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
@@ -249,7 +248,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
 
     def save() -> None:
         if checkpoint is not None and dist.is_main():
-            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "history": dataclasses.asdict(history),
                          "meta": meta}, checkpoint)
 
