@@ -25,7 +25,7 @@ RECIPES = {  # name -> "module:function"; each function trains with vqlib.traini
     "moving-mnist-video-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_tokenizer",  # chapter 8: 3D convolutions
     "moving-mnist-attention-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_attention_vqvae",  # chapter 8: (2+1)D
     "moving-mnist-frame-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_frame_vqvae",  # chapter 8: frame by frame
-    "photo-vqgan": "vqlib.recipes.ch05_vqgan:train_photo_vqgan",  # chapter 5: two optimisers, its own loop
+    "photo-vqgan": "vqlib.recipes.ch05_vqgan:train_photo_vqgan",  # chapter 5: two optimisers (training.gan.GANStep)
     "photo-vqgan-baseline": "vqlib.recipes.ch05_vqgan:train_photo_vqgan_baseline",  # chapter 5: VQ-VAE objective
 }
 
