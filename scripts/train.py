@@ -27,7 +27,7 @@ RECIPES = {  # name -> "module:function"; each function trains with vqlib.traini
     "moving-mnist-frame-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_frame_vqvae",  # chapter 8: frame by frame
     "photo-vqvae2": "vqlib.recipes.ch04_vqvae2:train_photo_vqvae2",  # chapter 4: two levels of codes
     "photo-vqvae": "vqlib.recipes.ch04_vqvae2:train_photo_vqvae",  # chapter 4: one level, the same code bits
-    "photo-vqgan": "vqlib.recipes.ch05_vqgan:train_photo_vqgan",  # chapter 5: two optimisers, its own loop
+    "photo-vqgan": "vqlib.recipes.ch05_vqgan:train_photo_vqgan",  # chapter 5: two optimisers (training.gan.GANStep)
     "photo-vqgan-baseline": "vqlib.recipes.ch05_vqgan:train_photo_vqgan_baseline",  # chapter 5: VQ-VAE objective
 }
 

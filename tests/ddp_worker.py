@@ -1,7 +1,9 @@
 """Run by tests/test_distributed.py under torchrun (or directly, for one process).
 
 Trains a tiny VQ autoencoder with vqlib.training.loop.fit and saves, per process, the codebook and
-parameters it ends with: ``python ddp_worker.py OUT STEPS CHECKPOINT DATA_INIT``.
+parameters it ends with: ``python ddp_worker.py OUT STEPS CHECKPOINT DATA_INIT [GAN]``. With GAN
+= 1 it then trains a tiny VQGAN with its discriminator (``vqlib.training.gan.GANStep``) and saves
+what each process ends with too.
 """
 
 import sys
@@ -15,7 +17,11 @@ from torch.utils.data import TensorDataset
 
 from vqlib.core import distributed
 from vqlib.core.metrics import code_counts
+from vqlib.losses.discriminator import PatchGAN, PatchGANConfig
+from vqlib.losses.vqgan import VQGANLoss, VQGANLossConfig
 from vqlib.quantizers.vector import EMAVectorQuantizer
+from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
+from vqlib.training.gan import GANStep
 from vqlib.training.loop import TrainConfig, fit
 
 
@@ -64,6 +70,24 @@ def run(out: Path, steps: int, checkpoint: str | None, data_init: bool) -> None:
     torch.save(state, out / f"rank{distributed.rank()}-of-{distributed.world_size()}.pt")
 
 
+def run_gan(out: Path) -> None:
+    """Four steps of a tiny VQGAN, the discriminator joining at step 2 (no perceptual term)."""
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(hidden=8, channel_mult=(1, 2), res_blocks=1, norm_groups=4, codebook_size=16,
+                              code_dim=4, quantizer="ema"))
+    criterion = VQGANLoss(VQGANLossConfig(perceptual_weight=0.0, disc_start=2),
+                          PatchGAN(PatchGANConfig(width=4, n_layers=1)), None)
+    images = TensorDataset(torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    initial = [p.detach().clone() for p in criterion.discriminator.parameters()]
+    fit(model, GANStep(criterion), images, TrainConfig(steps=4, batch_size=4), device="cpu", progress=False)
+    state = {**model.state_dict(), **{f"discriminator.{k}": v for k, v in criterion.discriminator.named_parameters()}}
+    state["discriminator_trained"] = torch.tensor(any(not torch.equal(a, b) for a, b in
+                                                      zip(initial, criterion.discriminator.parameters())))
+    torch.save(state, out / f"gan-rank{distributed.rank()}-of-{distributed.world_size()}.pt")
+
+
 if __name__ == "__main__":
     out, steps, checkpoint, data_init = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
     run(out, steps, None if checkpoint == "-" else checkpoint, data_init)
+    if sys.argv[5:] == ["1"]:
+        run_gan(out)

@@ -17,13 +17,14 @@ import ddp_worker  # noqa: E402
 from vqlib.training.loop import training_batches  # noqa: E402
 
 
-def launch(nproc: int, out: Path, steps: int, checkpoint: Path | None = None, data_init: bool = True) -> None:
+def launch(nproc: int, out: Path, steps: int, checkpoint: Path | None = None, data_init: bool = True,
+           gan: bool = False) -> None:
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={port}", str(HERE / "ddp_worker.py"), str(out), str(steps),
-           str(checkpoint) if checkpoint else "-", "1" if data_init else "0"]
+           str(checkpoint) if checkpoint else "-", "1" if data_init else "0", "1" if gan else "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -42,14 +43,21 @@ def assert_same(a: dict, b: dict, **tol) -> None:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    launch(2, out, steps=8, data_init=True)
-    return states(out, 2)
+    launch(2, out, steps=8, data_init=True, gan=True)
+    return states(out, 2) + [torch.load(out / f"gan-rank{r}-of-2.pt") for r in range(2)]
 
 
 def test_codebooks_agree_on_every_rank(two_process_run):
-    rank0, rank1 = two_process_run
+    rank0, rank1, _, _ = two_process_run
     torch.testing.assert_close(rank0["quantizer.codebook"], rank1["quantizer.codebook"], rtol=0, atol=0)
     assert_same(rank0, rank1, rtol=0, atol=0)
+
+
+def test_gan_step_keeps_both_networks_in_step_on_every_rank(two_process_run):
+    """Each process trains on its slice; GANStep averages both networks' gradients over the processes."""
+    _, _, gan0, gan1 = two_process_run
+    assert_same(gan0, gan1, rtol=0, atol=0)
+    assert gan0["discriminator_trained"]
 
 
 def test_two_processes_equal_one_process_on_the_concatenated_batches(tmp_path):

@@ -5,7 +5,7 @@ each process's environment. ``vqlib.training.loop.fit`` then joins the process g
 gloo on the CPU), gives each process its slice of every global batch, and averages gradients with
 DistributedDataParallel. Everything else that must agree across processes (the EMA codebook
 statistics, data-driven initialisation, dead-code restarts, codebook usage counts) goes through
-the two collectives below, which are no-ops in a single process, so the same code runs both ways.
+the collectives below, which are no-ops in a single process, so the same code runs both ways.
 
 Metrics over a whole dataset are computed the same way: each process evaluates its ``shard`` and
 the per-process sums (for example ``vqlib.core.metrics.code_counts``) are added with ``all_reduce_sum``.
@@ -52,6 +52,15 @@ def broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(t, src=0)
     return t
+
+
+def all_gather_object(obj: object) -> list:
+    """Every process's ``obj`` (picklable, e.g. a dict of CPU tensors), in rank order; ``[obj]`` in one process."""
+    if not is_distributed():
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

@@ -10,7 +10,7 @@ The quantizer comes from ``vqlib.quantizers.vector``; β weighs the *commitment*
 β·‖z_e - sg[z_q]‖², which keeps the encoder near its codes (eq. 4 of the paper). Some public
 releases put β on the codebook term instead: the tests pin the right one.
 
-What the adversarial and perceptual losses add is in ``vqlib.recipes.ch05_vqgan``.
+What the adversarial and perceptual losses add is in ``vqlib.losses.vqgan``.
 
 What is in it: ``VQGANConfig`` (the paper's f = 16 model; ``for_profile`` for the book's sizes),
 ``ResnetBlock``, ``AttentionBlock``, ``Downsample``, ``Upsample``, ``Encoder``, ``Decoder`` and

@@ -1,27 +1,37 @@
 """One training loop for every chapter.
 
-``fit`` trains a model in place: it places the model and each batch on a device, runs the
-optimiser with optional mixed precision on CUDA, shows a progress bar, records a history of
-losses and metrics, evaluates periodically, stops after a step or a time budget, writes atomic
-checkpoints and resumes from them (an interrupted run loses at most one checkpoint interval), and
-stops on NaN/inf with a message that names the step and the loss term.
+``fit`` trains a model in place: it places the model and each batch on a device, runs a training
+step per batch, shows a progress bar, records a history of losses and metrics, evaluates
+periodically, stops after a step or a time budget, writes atomic checkpoints and resumes from them
+exactly (an interrupted run loses at most one checkpoint interval, and the resumed run is
+bit-identical to an uninterrupted one), and stops on NaN/inf with a message that names the step
+and the loss term or the parameters.
 
-Launched by ``torchrun``, the same call trains on several processes with DistributedDataParallel
-(see ``vqlib.core.distributed``): ``batch_size`` is the global batch, each process gets its slice,
-and only rank 0 logs, shows progress and writes checkpoints, which resume on any number of processes.
+The step is what a model brings (``vqlib.training.steps``): usually just a loss function,
+``loss_fn(model, batch) -> dict`` of scalar tensors whose ``"loss"`` entry is optimised and whose
+other entries are logged, which the default ``OptimizerStep`` minimises with one optimiser; or a
+``Step`` object that updates the parameters its own way, such as VQGAN's two optimisers
+(``vqlib.training.gan.GANStep``).
+
+Launched by ``torchrun``, the same call trains on several processes (see ``vqlib.core.distributed``):
+``batch_size`` is the global batch, each process gets its slice, and only rank 0 logs, shows
+progress and writes checkpoints, which resume on any number of processes.
+
+Randomness: a fresh run seeds torch with ``config.seed``; the batch order depends only on
+(seed, step). A checkpoint keeps the random generators of every process (the CPU's and, on CUDA,
+the device's), so dropout, dead-code restarts and masking continue as if never interrupted. On
+resuming, process r restores the state saved by process r; a process the saving run did not have
+takes process 0's state, as every process of a fresh run starts from the same seed.
 
 A chapter gets "the trained model for this config and profile" by passing
 ``checkpoint=checkpoint_path(name, model.config, train_config)`` (``vqlib.training.checkpoints``):
 a finished checkpoint is loaded instead of retrained, so later chapters reuse earlier models.
-
-The loss function is the one thing a model brings: ``loss_fn(model, batch) -> dict`` of scalar
-tensors, whose ``"loss"`` entry is optimised and whose other entries are logged.
+A checkpoint holds tensors and plain data only, and never a NaN or inf.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,8 +45,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from vqlib.core import distributed as dist
 from vqlib.core.inference import evaluating
 from vqlib.training.checkpoints import checkpoint_meta, load_checkpoint, save_checkpoint
+from vqlib.training.steps import LossFn, OptimizerStep, Step
 
-LossFn = Callable[[nn.Module, tuple], Mapping[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
 
 
@@ -141,52 +151,37 @@ def progress_wanted() -> bool:
     return os.environ.get("VQLIB_BUILD", "") in ("", "0")
 
 
-def lr_factor(config: TrainConfig) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        if not config.cosine:
-            return 1.0
-        done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-    return factor
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random generators as ByteTensors: the CPU's and, on CUDA, the device's."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def check_finite_terms(terms: Mapping[str, torch.Tensor], step: int) -> None:
-    bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
-    if dist.is_distributed():  # every process must stop together, or the others wait forever
-        flag = torch.tensor([float(bool(bad))], device=terms["loss"].device)
-        if dist.all_reduce_sum(flag).item() and not bad:
-            raise FloatingPointError(f"step {step}: another process met a non-finite loss; training stopped")
-    if bad:
-        value = terms[bad[0]].detach().float().mean().item()
-        raise FloatingPointError(
-            f"step {step}: loss term {bad[0]!r} is {value}; training stopped before the update, and the "
-            "last checkpoint is intact. Try a lower lr or grad_clip.")
+def restore_rng(saved: list[Mapping[str, torch.Tensor]], device: torch.device, cuda_seed: int) -> None:
+    """Set this process's generators from a checkpoint's per-process states (see the module docstring).
+
+    A CUDA generator the checkpoint lacks (it was written on the CPU) is seeded with ``cuda_seed``.
+    """
+    state = saved[dist.rank()] if dist.rank() < len(saved) else saved[0]
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], device)
+        else:
+            torch.cuda.manual_seed(cuda_seed)
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
-                   parameters: Any = None, grad_clip: float | None = None) -> None:
-    """One update: backpropagate ``loss``, clip the gradient norm of ``parameters`` to ``grad_clip``
-    when given, then step the optimizer and its learning-rate schedule."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        nn.utils.clip_grad_norm_(parameters, grad_clip)
-    optimizer.step()
-    scheduler.step()
-
-
-class _Objective(nn.Module):
-    """model + loss_fn as one module, so DistributedDataParallel synchronises the gradients of
-    every parameter the loss touches, whichever model methods (encode, decode, ...) it calls."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
-        super().__init__()
-        self.model, self.loss_fn = model, loss_fn
-
-    def forward(self, batch: tuple) -> Mapping[str, torch.Tensor]:
-        return self.loss_fn(self.model, batch)
+def non_finite(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested state dict that hold NaN or inf."""
+    if torch.is_tensor(state):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, Mapping):
+        items = state.items()
+    else:
+        items = enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return [name for k, v in items for name in non_finite(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
 def _mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -210,60 +205,90 @@ def _out_of_time(history: History, config: TrainConfig, device: torch.device) ->
     return bool(dist.broadcast_from_rank0(flag).item())
 
 
-def _finished(history: History, config: TrainConfig) -> bool:
+def _finished(history: History, config: TrainConfig, end: int) -> bool:
     # A run stopped by its time budget counts as finished unless the budget has since grown.
     out_of_time = config.max_seconds is not None and history.seconds >= config.max_seconds
-    return history.steps >= config.steps or (history.stopped == "time" and out_of_time)
+    return history.steps >= end or (history.stopped == "time" and out_of_time)
 
 
-def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *,
+def _check_step_meta(ckpt: Mapping[str, Any], expected: Mapping[str, Any], path: str | Path) -> None:
+    for key, want in expected.items():
+        got = ckpt["meta"].get(key)
+        if got != want:
+            raise ValueError(f"checkpoint {path} was written with a different {key.replace('_', ' ')}:\n"
+                             f"  in the checkpoint: {got}\n  expected:          {want}\n"
+                             "use another checkpoint path, or delete the file to retrain")
+
+
+def fit(model: nn.Module, step: LossFn | Step, data: Dataset, config: TrainConfig, *,
         eval_fn: EvalFn | None = None, checkpoint: str | Path | None = None,
         device: torch.device | str | None = None, progress: bool | None = None,
-        optimizer: torch.optim.Optimizer | None = None) -> History:
+        stop_at: int | None = None) -> History:
     """Train ``model`` in place on ``data`` and return its History.
 
-    ``loss_fn(model, batch)`` gets the batch as a tuple of tensors on the device and returns a dict
-    of scalar tensors with a ``"loss"`` entry. ``eval_fn(model)`` (optional) runs under
-    ``torch.no_grad()`` in eval mode and returns metrics. With ``checkpoint``, an existing file is
-    resumed (or, if finished, just loaded) and the file is rewritten atomically every
-    ``config.checkpoint_every`` steps and at the end. The default optimiser is AdamW.
+    ``step`` is a loss function ``loss_fn(model, batch)``, which gets the batch as a tuple of tensors
+    on the device and returns a dict of scalar tensors with a ``"loss"`` entry (minimised by
+    ``OptimizerStep``: AdamW from ``config``), or a ``Step`` object. ``eval_fn(model)`` (optional)
+    runs under ``torch.no_grad()`` in eval mode and returns metrics. With ``checkpoint``, an existing
+    file is resumed (or, if finished, just loaded) and the file is rewritten atomically every
+    ``config.checkpoint_every`` steps and at the end. ``stop_at``: train only the first ``stop_at``
+    steps of the run that ``config`` describes (same learning-rate schedule); the checkpoint stays
+    resumable.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if stop_at is not None and stop_at < 1:
+        raise ValueError(f"stop_at must be >= 1, got {stop_at}")
+    end = config.steps if stop_at is None else min(config.steps, stop_at)
     launched_device = dist.init_from_env()  # joins a torchrun process group, if any
     device = torch.device(device) if device is not None else launched_device
     model.to(device).train()
-    opt = optimizer or torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                         weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config))
+    trainer = step if isinstance(step, Step) else OptimizerStep(step)
+    trainer.start(model, config, device)
     history = History()
-    meta = checkpoint_meta(model, config)
+    meta = {**checkpoint_meta(model, config), **trainer.meta}
 
+    ckpt = None
     if checkpoint is not None and Path(checkpoint).exists():
         ckpt = load_checkpoint(checkpoint, model, config)
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        _check_step_meta(ckpt, trainer.meta, checkpoint)
+        if "step" in ckpt:
+            trainer.load_state_dict(ckpt["step"])
         history = History(**ckpt["history"])
         model.to(device)
 
-    def save() -> None:
-        if checkpoint is not None and dist.is_main():
-            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "history": dataclasses.asdict(history),
-                         "meta": meta}, checkpoint)
-
-    if _finished(history, config):
+    if _finished(history, config, end):
         model.eval()
         return history
+    if ckpt is not None and not {"step", "rng"} <= set(ckpt):
+        raise ValueError(f"checkpoint {checkpoint} has no training-step or random-generator state (an older "
+                         "vqlib wrote it), so it cannot be resumed exactly: delete it to retrain")
+    saved_at = history.steps if ckpt is not None else None  # the step of the checkpoint on disk
 
-    use_amp = config.amp and device.type == "cuda"
-    objective: nn.Module = _Objective(model, loss_fn)
-    if dist.is_distributed():
-        from torch.nn.parallel import DistributedDataParallel
+    def intact() -> str:
+        # what is true of the checkpoint file when training stops with an error
+        if checkpoint is None:
+            return "No checkpoint was requested."
+        if saved_at is None:
+            return f"No checkpoint was written yet ({checkpoint})."
+        return f"The last checkpoint, step {saved_at} in {checkpoint}, is intact."
 
-        # broadcast_buffers=False: buffers that must agree (EMA codebooks) synchronise themselves
-        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                                            broadcast_buffers=False)
+    def save() -> None:
+        # every process takes part: the random generators are gathered, and a bad state stops them all
+        nonlocal saved_at
+        if checkpoint is None:
+            return
+        state = {"model": model.state_dict(), "step": trainer.state_dict(), "history": dataclasses.asdict(history),
+                 "meta": meta, "rng": dist.all_gather_object(rng_state(device))}
+        bad = non_finite({"model": state["model"], "step": state["step"]})
+        if dist.all_reduce_sum(torch.tensor([float(len(bad))], device=device)).item():
+            raise FloatingPointError(f"step {history.steps}: non-finite values in "
+                                     f"{', '.join(bad[:5]) or 'the state of another process'}; this state was "
+                                     f"not saved. {intact()}")
+        if dist.is_main():
+            save_checkpoint(state, checkpoint)
+        saved_at = history.steps
+
     main = dist.is_main()
     show = main and (progress_wanted() if progress is None else progress)
     bar = None
@@ -272,33 +297,38 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Dataset, config: TrainConfig, *
         bar = tqdm(total=config.steps, initial=history.steps, desc=type(model).__name__, leave=True)
     started, seconds_before = time.perf_counter(), history.seconds
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # terms that only some steps have are averaged over those steps
     count = 0
     batches = training_batches(data, config.batch_size, config.seed, history.steps, dist.rank(), dist.world_size())
-    torch.manual_seed(config.seed + history.steps)  # dropout/sampling noise repeats on resume
+    if ckpt is None:
+        torch.manual_seed(config.seed)  # a fresh run: the same noise every time
+    else:  # a resumed run: the noise the interrupted run would have drawn next
+        restore_rng(ckpt["rng"], device, config.seed + history.steps)
     history.stopped = ""
     try:
-        for step in range(history.steps, config.steps):
+        for i in range(history.steps, end):
             batch = _to(next(batches), device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                terms = objective(batch)
-            if "loss" not in terms:
-                raise KeyError(f"loss_fn must return a dict with a 'loss' entry, got keys {list(terms)}")
-            check_finite_terms(terms, step)
-            optimizer_step(terms["loss"], opt, sched, model.parameters(), config.grad_clip)
-            history.steps = step + 1
+            try:
+                terms = trainer(batch, i)
+            except FloatingPointError as err:  # say what is on disk
+                err.args = (f"{err} {intact()}",)
+                raise
+            history.steps = i + 1
             history.seconds = seconds_before + time.perf_counter() - started
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+                counts[k] = counts.get(k, 0) + 1
             count += 1
-            last = history.steps == config.steps or _out_of_time(history, config, device)
+            last = history.steps == end or _out_of_time(history, config, device)
             if count == config.log_every or last:
-                means = _mean_over_processes({k: s / count for k, s in sums.items()}, device)
+                means = _mean_over_processes({k: sums[k] / counts[k] for k in sums}, device)
                 history.train.append({"step": history.steps, **means})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{history.train[-1]['loss']:.4g}", refresh=False)
-                sums, count = {}, 0
+                if bar is not None and "loss" in means:
+                    bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
+                sums, counts, count = {}, {}, 0
             if last:
-                history.stopped = "time" if history.steps < config.steps else "steps"
+                history.stopped = ("steps" if history.steps == config.steps else
+                                   "stop_at" if history.steps == end else "time")
             if eval_fn is not None and (last or (config.eval_every and history.steps % config.eval_every == 0)):
                 history.eval.append({"step": history.steps, **_evaluate(model, eval_fn)})
             if last or history.steps % config.checkpoint_every == 0:
