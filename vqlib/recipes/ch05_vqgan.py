@@ -49,8 +49,8 @@ from vqlib.data.photos import TRAIN_PHOTOS
 from vqlib.judges.photonet import embed_images, labelled_crops, train_photo_net
 from vqlib.losses.discriminator import PatchGAN, PatchGANConfig, discriminator_loss, generator_loss
 from vqlib.losses.perceptual import PerceptualLoss
-from vqlib.priors.base import train_prior
 from vqlib.priors.gpt import GPT, GPTConfig
+from vqlib.recipes.ch03_priors import train_prior
 from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
 from vqlib.training.checkpoints import checkpoint_meta, checkpoint_path, load_checkpoint
 from vqlib.training.loop import (

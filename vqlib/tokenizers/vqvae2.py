@@ -39,10 +39,11 @@ from vqlib.core.inference import in_batches
 from vqlib.core.metrics import psnr, ssim
 from vqlib.core.nn import check_images, upsample
 from vqlib.core.profile import pick, seed_everything
-from vqlib.priors.base import check_sampling, check_tokens, train_prior
+from vqlib.priors.base import check_sampling, check_tokens
 from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
 from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput
+from vqlib.recipes.ch03_priors import train_prior
 from vqlib.tokenizers.vqvae import VQVAE, Decoder, Encoder, VQVAEConfig, vqvae_loss
 from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.loop import History, TrainConfig, fit, split_overrides
