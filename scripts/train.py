@@ -16,11 +16,11 @@ import importlib
 import os
 
 RECIPES = {  # name -> "module:function"; each function trains with vqlib.training.loop.fit and returns (model, history)
-    "mnist-vae": "vqlib.tokenizers.vae:train_mnist_vae",
-    "mnist-autoencoder": "vqlib.tokenizers.vae:train_mnist_autoencoder",
-    "mnist-vqvae": "vqlib.tokenizers.vqvae:train_mnist_vqvae",
+    "mnist-vae": "vqlib.recipes.ch01_vae:train_mnist_vae",
+    "mnist-autoencoder": "vqlib.recipes.ch01_vae:train_mnist_autoencoder",
+    "mnist-vqvae": "vqlib.recipes.ch02_vqvae:train_mnist_vqvae",
     "mnist-classifier": "vqlib.judges.classifier:train_mnist_classifier",
-    "mnist-maskgit": "vqlib.priors.maskgit:train_mnist_maskgit",  # chapter 7: class-conditional MaskGIT on VQ-VAE codes
+    "mnist-maskgit": "vqlib.recipes.ch07_maskgit:train_mnist_maskgit",  # chapter 7: class-conditional MaskGIT on VQ-VAE codes
     "mnist-codebooks": "vqlib.recipes.ch06_codebooks:train_mnist_codebooks",  # chapter 6: all nine quantizers of the table
     "moving-mnist-video-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_tokenizer",  # chapter 8: 3D convolutions
     "moving-mnist-attention-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_attention_vqvae",  # chapter 8: (2+1)D

@@ -7,21 +7,20 @@ import math
 import pytest
 import torch
 
+from vqlib.core.compute import count_forward_calls, step_flops
 from vqlib.priors.base import prior_loss
 from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.priors.maskgit import (
     MaskGIT,
     MaskGITConfig,
-    count_forward_calls,
     gamma,
-    holdout_split,
     mask_counts,
     masked_bits,
     masked_cross_entropy,
     maskgit_loss,
     random_mask,
-    step_flops,
 )
+from vqlib.recipes.ch07_maskgit import holdout_split
 from vqlib.training.loop import TrainConfig, fit
 
 K, L = 7, 12
@@ -265,6 +264,15 @@ def test_network_evaluations_are_counted_one_per_step_and_one_per_gpt_token():
 
 
 # ----------------------------------------------------------------------------- training, state
+
+@pytest.mark.parametrize("training", [True, False])
+def test_masked_bits_scores_in_eval_mode_and_restores_the_mode(training):
+    net = model(dropout=0.5).train(training)
+    tokens = torch.randint(0, K, (10, L), generator=torch.Generator().manual_seed(1))
+    score = masked_bits(net, tokens, seed=3, batch_size=4)
+    assert net.training == training
+    assert masked_bits(net, tokens, seed=3, batch_size=4) == score  # no dropout, the same seeded masks
+
 
 def test_overfit_one_batch():
     torch.manual_seed(0)

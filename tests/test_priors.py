@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from vqlib.priors.base import bits_per_dim, check_cond, check_tokens, prior_loss, sample_from_logits, train_prior
+from vqlib.priors.base import bits_per_dim, check_cond, check_tokens, prior_loss, sample_from_logits
 from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
+from vqlib.recipes.ch03_priors import train_prior
 
 
 def test_top_k_one_is_argmax_and_uses_no_randomness():
@@ -147,6 +148,18 @@ def test_a_uniform_prior_scores_log2_k_bits_per_dim(kind):
         for p in last.parameters():  # zero output layer: every logit 0, every code 1/K
             p.zero_()
     assert bits_per_dim(prior, torch.randint(0, 6, (10, *shape))) == pytest.approx(math.log2(6), abs=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_bits_per_dim_scores_in_eval_mode_and_restores_the_mode(training):
+    torch.manual_seed(0)
+    prior = GPT(GPTConfig(6, block_size=12, n_layer=2, n_head=2, n_embd=32, dropout=0.5)).train(training)
+    tokens = torch.randint(0, 6, (10, 12))
+    score = bits_per_dim(prior, tokens, batch_size=4)
+    assert prior.training == training
+    assert bits_per_dim(prior, tokens, batch_size=4) == score  # no dropout while scoring: the same number twice
+    with torch.no_grad():
+        assert score == pytest.approx(prior.eval().nll(tokens).mean().item() / math.log(2), rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", PRIORS)

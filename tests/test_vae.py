@@ -1,4 +1,4 @@
-"""Tests of vqlib.tokenizers.vae: shapes, the reparameterisation trick, the KL, the bounds, overfitting, bad input."""
+"""Tests of vqlib.tokenizers.vae (and its recipes, vqlib.recipes.ch01_vae): shapes, the reparameterisation trick, the KL, the bounds, overfitting, bad input."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from vqlib.tokenizers.vae import (
     negative_elbo,
     reconstruction_loss,
     reparameterize,
-    train_mnist_vae,
 )
+from vqlib.recipes.ch01_vae import _initialised, train_mnist_vae
 
 TINY = VAEConfig(latent_dim=3, hidden=(16,))
 
@@ -285,8 +285,6 @@ def test_bad_latents_and_sample_sizes_get_clear_errors(vae: VAE) -> None:
 
 
 def test_recipe_models_start_from_the_same_weights_and_leave_the_global_rng_alone() -> None:
-    from vqlib.tokenizers.vae import _initialised
-
     torch.manual_seed(1)
     a = _initialised(VAE, TINY, seed=0)
     torch.manual_seed(2)

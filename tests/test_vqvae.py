@@ -1,4 +1,5 @@
-"""vqlib.tokenizers.vqvae: shapes, errors, gradients, state, an overfit run, and the cached MNIST recipe."""
+"""vqlib.tokenizers.vqvae: shapes, errors, gradients, state, an overfit run, and the cached MNIST recipe
+(vqlib.recipes.ch02_vqvae)."""
 
 import dataclasses
 
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from vqlib.data.mnist import mnist
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, train_mnist_vqvae, vqvae_loss
+from vqlib.recipes.ch02_vqvae import train_mnist_vqvae
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, vqvae_loss
 
 TINY = dict(in_channels=1, hidden=8, res_hidden=4, res_blocks=1, codebook_size=16, code_dim=4)
 
@@ -157,6 +159,15 @@ def test_train_mnist_vqvae_trains_once_then_loads_from_the_cache():
     assert torch.equal(model(x).x_hat, again(x).x_hat)
     with pytest.raises(TypeError, match="unknown overrides"):
         train_mnist_vqvae(profile="smoke", nonsense=1)
+
+
+def test_evaluate_runs_in_eval_mode_and_restores_the_mode():
+    model = tiny().train()
+    before = buffers_and_weights(model)
+    data = torch.utils.data.TensorDataset(torch.rand(20, 1, 28, 28))
+    evaluate(model, data, batch_size=8)
+    assert model.training and model.quantizer.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the EMA codebook did not move
 
 
 def test_evaluate_reports_psnr_usage_and_perplexity_over_the_whole_set():

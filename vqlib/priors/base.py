@@ -9,8 +9,8 @@ bottom prior, MaskGIT and the video GPT of later chapters reuse the pieces here.
   (Holtzman et al. 2020 discuss both); ``top_k=1`` is greedy decoding (argmax, no randomness).
 - ``bits_per_dim``: the negative log-likelihood in bits per token, log2 K for a uniform prior.
 - ``prior_loss``: the loss function ``vqlib.training.loop.fit`` needs, for a batch ``(tokens,)`` or
-  ``(tokens, labels)``; ``train_prior`` trains a prior on a set of codes with it (or loads it
-  from the checkpoint cache, keyed by the codes themselves).
+  ``(tokens, labels)``; ``vqlib.recipes.ch03_priors.train_prior`` trains a prior on a set of codes
+  with it (or loads it from the checkpoint cache, keyed by the codes themselves).
 
 Left out: nucleus (top-p) sampling and beam search.
 
@@ -19,7 +19,6 @@ Dimension key: B batch, K vocabulary size (codebook size), L tokens, H W code-ma
 
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 from typing import Mapping, Protocol
@@ -27,10 +26,8 @@ from typing import Mapping, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from vqlib.training.checkpoints import checkpoint_path
-from vqlib.training.loop import History, TrainConfig, fit
+from vqlib.core.inference import evaluating
 
 
 class Prior(Protocol):
@@ -133,31 +130,11 @@ def bits_per_dim(model: nn.Module, tokens: torch.Tensor, cond: torch.Tensor | No
     """
     if len(tokens) == 0:
         raise ValueError("bits_per_dim needs at least one sequence of tokens, got an empty batch")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     total = 0.0
-    try:
+    with evaluating(model):
         for start in range(0, len(tokens), batch_size):
             part = slice(start, start + batch_size)
             c = None if cond is None else cond[part].to(device)
             total += float(model.nll(tokens[part].to(device), c).double().sum())
-    finally:
-        model.train(was_training)
     return total / len(tokens) / math.log(2)
-
-
-def train_prior(model: nn.Module, tokens: torch.Tensor, config: TrainConfig, name: str,
-                cond: torch.Tensor | None = None, test: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-                progress: bool | None = None) -> History:
-    """Train ``model`` on ``tokens`` (N, ...) (with labels ``cond`` (N,) if conditional) with ``fit``.
-
-    ``test`` = (tokens, cond or None) adds the test bits/dim to the history's evaluations. The
-    checkpoint is keyed by the model and training configs and by a digest of the training tokens
-    and labels, so codes from a retrained VQ-VAE train a new prior instead of loading a stale one.
-    """
-    data = TensorDataset(tokens) if cond is None else TensorDataset(tokens, cond)
-    digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in data.tensors)).hexdigest()[:16]
-    eval_fn = None if test is None else (lambda m: {"bits_per_dim": bits_per_dim(m, *test)})
-    return fit(model, prior_loss, data, config, eval_fn=eval_fn, progress=progress,
-               checkpoint=checkpoint_path(name, model.config, config, {"data": digest}))

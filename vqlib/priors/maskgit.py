@@ -16,6 +16,7 @@ What is in it:
   positions, and take the cross-entropy on the masked positions only, optionally label-smoothed
   while training (``MaskGITConfig.label_smoothing``; the paper uses 0.1; off by default, because in
   trials on the book's MNIST codes it did not lower the validation Fréchet distance consistently).
+- ``masked_bits``: bits per masked token on held-out codes, with masks drawn from a fixed seed.
 - ``MaskGIT``: the bidirectional transformer, built from ``vqlib.priors.gpt.Block`` with an attention
   that has no causal mask (``SelfAttention``). The vocabulary has one extra token, the mask, whose
   id is K; a class token (or one learned start token) comes first.
@@ -23,11 +24,8 @@ What is in it:
   every position masked; at each of T steps predict and sample all masked positions at once, keep
   the most confident ones and re-mask the others so that the number still masked follows the
   schedule; the confidences get Gumbel noise whose scale ("choice temperature") anneals to zero.
-- ``count_forward_calls``: counts network evaluations (forward calls of a module) while sampling.
-- ``holdout_split``: a seeded split of a training set into a part to train on and a disjoint
-  validation part, on which decoding hyper-parameters are chosen (never on the test set).
-- ``train_maskgit`` and the recipe ``train_mnist_maskgit`` (checkpoint cache, as ``train_prior``), trained
-  with ``MASKGIT_COMPUTE`` times the operations of Chapter 7's GPT.
+
+Training MaskGIT (``train_maskgit``) and Chapter 7's recipes are in ``vqlib.recipes.ch07_maskgit``.
 
 Left out: the paper's VQGAN tokenizer and its size (24 layers, 1024 codes of 16×16 images), and
 classifier-free guidance (added to MaskGIT by later work, e.g. Muse).
@@ -38,22 +36,18 @@ Dimension key: B batch, L tokens (the flattened code map), C embedding width, K 
 
 from __future__ import annotations
 
-import hashlib
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
 
+from vqlib.core.inference import evaluating
 from vqlib.core.profile import pick
 from vqlib.priors.base import check_cond, check_sampling, sample_from_logits, split_batch
 from vqlib.priors.gpt import Block, CausalSelfAttention, GPTConfig, KVCache, init_weights
-from vqlib.training.checkpoints import checkpoint_path
-from vqlib.training.loop import History, TrainConfig, fit
 
 SCHEDULES = ("cosine", "linear", "square")
 
@@ -172,20 +166,16 @@ def masked_bits(model: "MaskGIT", tokens: torch.Tensor, cond: torch.Tensor | Non
                 batch_size: int = 500) -> float:
     """Bits per masked token on ``tokens`` (N, L), with masks drawn from a fixed seed (comparable
     between evaluations). Not a likelihood: a masked model has no exact one."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
-    try:
+    with evaluating(model):
         for start in range(0, len(tokens), batch_size):
             part = slice(start, start + batch_size)
             c = None if cond is None else cond[part].to(device)
             n = len(tokens[part])
             total += float(masked_cross_entropy(model, tokens[part].to(device), c, generator)) * n
             count += n
-    finally:
-        model.train(was_training)
     return total / count / math.log(2)
 
 
@@ -300,119 +290,3 @@ class MaskGIT(nn.Module):
         """n sequences by iterative decoding in ``steps`` network evaluations -> (n, L) long codes.
         Keyword arguments as ``decode``."""
         return self.decode(n, cond, steps, **kwargs)[-1]
-
-
-# ----------------------------------------------------------------------------- counting and training
-
-class CallCounter:
-    count: int = 0
-
-
-@contextmanager
-def count_forward_calls(module: nn.Module) -> Iterator[CallCounter]:
-    """Count the forward calls of ``module`` inside the ``with`` block (e.g. a model's output head:
-    one call per network evaluation, for the GPT with or without its cache and for MaskGIT)."""
-    counter = CallCounter()
-
-    def hook(*_) -> None:
-        counter.count += 1
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield counter
-    finally:
-        handle.remove()
-
-
-def step_flops(model: nn.Module, loss_fn, batch: tuple) -> int:
-    """Floating-point operations of one training step's forward and backward pass of ``model`` with
-    ``loss_fn`` on ``batch`` (counted by ``torch.utils.flop_counter`` on a copy: the model is untouched)."""
-    import copy
-
-    from torch.utils.flop_counter import FlopCounterMode
-
-    net = copy.deepcopy(model).train()
-    with FlopCounterMode(display=False) as counter:
-        loss_fn(net, batch)["loss"].backward()
-    return counter.get_total_flops()
-
-
-def holdout_split(n: int, n_holdout: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``n`` examples at random (seeded) -> (indices to train on (n - n_holdout,), held-out
-    indices (n_holdout,)), disjoint, together a permutation of 0..n-1."""
-    if not 0 < n_holdout < n:
-        raise ValueError(f"n_holdout must be in [1, n - 1] = [1, {n - 1}] (something to train on and to hold out), "
-                         f"got {n_holdout}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))  # (n,)
-    return order[n_holdout:], order[:n_holdout]
-
-
-def train_maskgit(model: MaskGIT, tokens: torch.Tensor, config: TrainConfig, name: str,
-                  cond: torch.Tensor | None = None, test: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-                  progress: bool | None = None) -> History:
-    """Train ``model`` on ``tokens`` (N, L) (labels ``cond`` (N,) if conditional) with ``maskgit_loss``.
-
-    As ``vqlib.priors.base.train_prior``: ``test`` adds the test ``masked_bits`` to the evaluations, and the
-    checkpoint is keyed by the configs and a digest of the training tokens and labels.
-    """
-    data = TensorDataset(tokens) if cond is None else TensorDataset(tokens, cond)
-    digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in data.tensors)).hexdigest()[:16]
-    eval_fn = None if test is None else (lambda m: {"masked_bits": masked_bits(m, *test)})
-    return fit(model, maskgit_loss, data, config, eval_fn=eval_fn, progress=progress,
-               checkpoint=checkpoint_path(name, model.config, config, {"data": digest}))
-
-
-def mnist_maskgit_train_config(profile: str | None = None) -> TrainConfig:
-    """The GPT's budget in Chapter 7 (Chapter 3's settings, with eight times the steps in ``quick``);
-    MaskGIT's steps are set from it by floating-point operations (``step_flops``, ``MASKGIT_COMPUTE``).
-
-    In trials on the validation digits (``mnist_holdout``), with dropout 0.1 in both priors, both kept
-    improving up to sixteen times Chapter 3's steps; ``quick`` takes eight, a few minutes per prior
-    on two CPU cores."""
-    return TrainConfig(steps=pick(10, 4800, 8000, profile=profile), batch_size=pick(16, 32, 128, profile=profile),
-                       lr=pick(5e-3, 5e-3, 1e-3, profile=profile), warmup_steps=pick(0, 20, 200, profile=profile),
-                       cosine=True, log_every=pick(5, 100, 100, profile=profile),
-                       eval_every=pick(5, 1200, 1000, profile=profile))
-
-
-MASKGIT_COMPUTE = 2
-"""Chapter 7's MaskGIT trains with this many times the GPT's floating-point operations. A masked
-model learns more slowly per operation than a causal one (it must learn every order of the codes,
-and scores only the masked ones); at equal operations its 4-step samples stayed clearly behind the
-GPT's in Chapter 7's trials, with twice the operations they caught up. The chapter measures both."""
-
-
-def mnist_holdout(profile: str | None = None) -> int:
-    """How many MNIST training digits Chapter 7 holds out (``holdout_split``, seed 0) to choose
-    decoding settings on; the priors train on the rest."""
-    return pick(500, 500, 5000, profile=profile)
-
-
-def train_mnist_maskgit(profile: str | None = None, progress: bool | None = None) -> tuple[MaskGIT, History]:
-    """Chapter 7's class-conditional MaskGIT on the codes of the book's MNIST VQ-VAE (cached), trained
-    as in the chapter: on the training digits not held out, for ``MASKGIT_COMPUTE`` times the GPT's
-    operations.
-    -> (model in eval mode, history with the test ``masked_bits``)."""
-    import dataclasses
-
-    from vqlib.core.inference import in_batches
-    from vqlib.data.mnist import mnist
-    from vqlib.priors.base import prior_loss
-    from vqlib.priors.gpt import GPT
-    from vqlib.tokenizers.vqvae import train_mnist_vqvae
-
-    vqvae, _ = train_mnist_vqvae(profile)
-    (x_train, y_train), (x_test, y_test) = (mnist(split, profile).tensors for split in ("train", "test"))
-    fit_idx, _ = holdout_split(len(x_train), mnist_holdout(profile), 0)
-    codes_train = in_batches(vqvae.encode, vqvae, x_train[fit_idx]).flatten(1)  # (N, L)
-    codes_test = in_batches(vqvae.encode, vqvae, x_test).flatten(1)
-    K, L = vqvae.config.codebook_size, codes_train.shape[1]
-    model = MaskGIT(MaskGITConfig.for_profile(K, L, profile, num_classes=10))
-    gpt = GPT(GPTConfig.for_profile(K, block_size=L, num_classes=10, profile=profile, dropout=model.config.dropout))
-    training = mnist_maskgit_train_config(profile)
-    batch = (codes_train[:training.batch_size], y_train[fit_idx][:training.batch_size])
-    flop_ratio = step_flops(gpt, prior_loss, batch) / step_flops(model, maskgit_loss, batch)  # GPT / MaskGIT
-    steps = round(MASKGIT_COMPUTE * training.steps * flop_ratio)
-    history = train_maskgit(model, codes_train, dataclasses.replace(training, steps=steps), "ch7-maskgit-class",
-                            cond=y_train[fit_idx], test=(codes_test, y_test), progress=progress)
-    return model, history

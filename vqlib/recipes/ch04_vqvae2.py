@@ -24,7 +24,7 @@ from vqlib.core.inference import reconstruct
 from vqlib.core.metrics import psnr, ssim
 from vqlib.core.profile import pick, seed_everything
 from vqlib.data.photos import photos
-from vqlib.priors.base import train_prior
+from vqlib.recipes.ch03_priors import train_prior
 from vqlib.priors.gpt import GPTConfig
 from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
 from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, vqvae_loss

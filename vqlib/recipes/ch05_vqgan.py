@@ -29,8 +29,8 @@ from vqlib.judges.photonet import embed_images, labelled_crops, train_photo_net
 from vqlib.losses.discriminator import PatchGAN, PatchGANConfig
 from vqlib.losses.perceptual import PerceptualLoss
 from vqlib.losses.vqgan import VQGANLoss, VQGANLossConfig
-from vqlib.priors.base import train_prior
 from vqlib.priors.gpt import GPT, GPTConfig
+from vqlib.recipes.ch03_priors import train_prior
 from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
 from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.gan import GANStep

@@ -31,7 +31,8 @@ from vqlib.quantizers.vector import (
     codes_per_position,
     joint_indices,  # noqa: F401 (re-exported)
 )
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, mnist_train_config, vqvae_loss
+from vqlib.recipes.ch02_vqvae import vqvae_train_config
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, vqvae_loss
 from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.loop import History, fit, split_overrides
 
@@ -68,7 +69,7 @@ def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | 
     options = dict(options or {})
     model_overrides, train_overrides = split_overrides(overrides, VQVAEConfig)
     config = VQVAEConfig.for_profile(profile, in_channels=1, **model_overrides)
-    train_config = mnist_train_config(profile, **{"max_seconds": None, **train_overrides})
+    train_config = vqvae_train_config(profile, **{"max_seconds": None, **train_overrides})
     seed_everything(train_config.seed)
     model = VQVAE(config, quantizer=build_quantizer(kind, config.code_dim, **options))
     test, train = mnist("test", profile=profile), mnist("train", profile=profile)

@@ -12,8 +12,8 @@ What is in it:
 - ``active_units`` (Burda et al., 2016) to measure posterior collapse, and
   ``importance_log_likelihood``, the importance-weighted estimate of log p(x) (Burda et al., 2016).
 - ``evaluate_vae`` / ``evaluate_autoencoder``: held-out nats per image and PSNR.
-- ``train_mnist_vae`` / ``train_mnist_autoencoder``: recipes that train (or load from the cache),
-  with ``mnist_train_config``, the training run they share.
+
+The recipes that train these models on MNIST are in ``vqlib.recipes.ch01_vae``.
 
 Left out: convolutional encoders and decoders (Chapter 2 has them), Gaussian decoders with a
 learned variance, richer posteriors (normalising flows), autoregressive decoders, and the
@@ -43,8 +43,6 @@ from torch import nn
 
 from vqlib.core.nn import check_dtype
 from vqlib.core.profile import pick
-from vqlib.training.checkpoints import checkpoint_path
-from vqlib.training.loop import History, TrainConfig, fit
 
 # ----------------------------------------------------------------------------- config
 
@@ -362,56 +360,3 @@ def evaluate_autoencoder(model: Autoencoder, x: torch.Tensor, batch_size: int = 
         sums["reconstruction"] -= bernoulli_log_likelihood(out.logits, chunk.to(device)).sum().item()
         sums["psnr"] += psnr(chunk.to(device), out.x_hat).item() * len(chunk)
     return {k: v / len(x) for k, v in sums.items()}
-
-
-# ----------------------------------------------------------------------------- recipes
-
-
-def mnist_train_config(profile: str | None = None) -> TrainConfig:
-    """The training run of the Chapter 1 models, sized for ``profile``."""
-    return TrainConfig(steps=pick(smoke=30, quick=1000, full=30_000, profile=profile), batch_size=128, lr=2e-3,
-                       eval_every=pick(smoke=15, quick=100, full=1000, profile=profile),
-                       log_every=pick(smoke=5, quick=25, full=100, profile=profile))
-
-
-def _initialised(model_class: type[nn.Module], config: VAEConfig, seed: int) -> nn.Module:
-    # The same initial weights whatever the caller did with the global RNG, which is left untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return model_class(config)
-
-
-def train_mnist_vae(profile: str | None = None, latent_dim: int = 16, beta: float = 1.0,
-                    progress: bool | None = None) -> tuple[VAE, History]:
-    """Train a (beta-)VAE on MNIST, or load it from the checkpoint cache. -> (model in eval mode, history).
-
-    The history's eval records hold the test split's ``neg_elbo``, ``reconstruction``, ``kl`` and ``psnr``.
-    """
-    from vqlib.data.mnist import mnist
-
-    config = VAEConfig.for_profile(profile, latent_dim=latent_dim)
-    train_config = mnist_train_config(profile)
-    test_x = mnist("test", profile).tensors[0]  # (N, 1, 28, 28)
-    model = _initialised(VAE, config, train_config.seed)
-    train = mnist("train", profile)
-    history = fit(model, lambda m, batch: negative_elbo(m, batch[0], beta)._asdict(), train,
-                  train_config, eval_fn=lambda m: evaluate_vae(m, test_x), progress=progress,
-                  checkpoint=checkpoint_path("mnist-vae", config, train_config, {"beta": beta}, data=train,
-                                             profile=profile))
-    return model, history
-
-
-def train_mnist_autoencoder(profile: str | None = None, latent_dim: int = 16,
-                            progress: bool | None = None) -> tuple[Autoencoder, History]:
-    """Train the deterministic autoencoder baseline on MNIST, or load it from the checkpoint cache."""
-    from vqlib.data.mnist import mnist
-
-    config = VAEConfig.for_profile(profile, latent_dim=latent_dim)
-    train_config = mnist_train_config(profile)
-    test_x = mnist("test", profile).tensors[0]  # (N, 1, 28, 28)
-    model = _initialised(Autoencoder, config, train_config.seed)
-    train = mnist("train", profile)
-    history = fit(model, lambda m, batch: {"loss": reconstruction_loss(m, batch[0])}, train,
-                  train_config, eval_fn=lambda m: evaluate_autoencoder(m, test_x), progress=progress,
-                  checkpoint=checkpoint_path("mnist-ae", config, train_config, data=train, profile=profile))
-    return model, history

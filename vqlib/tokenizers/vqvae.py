@@ -8,9 +8,9 @@ error plus the quantizer's loss; the integer code map is what later chapters mod
 
 What is in it: ``VQVAEConfig`` (paper defaults, ``for_profile`` for the book's sizes), the
 encoder and decoder of the paper (strided convolutions and residual blocks, ``vqlib.core.nn``),
-``VQVAE`` with ``encode`` (image -> indices) and ``decode`` (indices -> image), the training loss
-and evaluation used by the chapters, and ``train_mnist_vqvae``, the cached MNIST model that
-chapters 2 and 3 share.
+``VQVAE`` with ``encode`` (image -> indices) and ``decode`` (indices -> image), and the training
+loss and evaluation used by the chapters. ``vqlib.recipes.ch02_vqvae.train_mnist_vqvae`` trains the
+cached MNIST model that later chapters share.
 
 Left out: the paper's autoregressive prior (chapter 3), hierarchical latents (chapter 4), the
 adversarial and perceptual losses (chapter 5). The decoder's output has no sigmoid: a linear
@@ -22,7 +22,6 @@ h w = H/f, W/f code-map height and width, D code dim, K codebook size.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -34,7 +33,8 @@ from torch.utils.data import TensorDataset
 
 from vqlib.core.metrics import code_counts, codebook_usage, perplexity, psnr
 from vqlib.core.nn import check_images, downsample, res_stack, upsample
-from vqlib.core.profile import pick, seed_everything
+from vqlib.core.inference import evaluating
+from vqlib.core.profile import pick
 from vqlib.quantizers.vector import (
     EMAVectorQuantizer,
     QuantizerOutput,
@@ -43,8 +43,6 @@ from vqlib.quantizers.vector import (
     inference_indices,
     joint_indices,
 )
-from vqlib.training.checkpoints import checkpoint_path
-from vqlib.training.loop import History, TrainConfig, fit, split_overrides
 
 QUANTIZERS = ("ema", "vq")
 
@@ -192,7 +190,7 @@ class VQVAE(nn.Module):
         return self.decoder(self.quantizer.decode_indices(indices))
 
 
-# ----------------------------------------------------------------------------- training recipe
+# ----------------------------------------------------------------------------- loss and evaluation
 
 def vqvae_loss(model: VQVAE, batch: tuple) -> dict[str, torch.Tensor]:
     """The loss ``vqlib.training.loop.fit`` optimises: mse(x_hat, x) + the quantizer's loss."""
@@ -207,46 +205,15 @@ def evaluate(model: VQVAE, data: TensorDataset, batch_size: int = 500) -> dict[s
     """Over all of ``data``: PSNR (dB, outputs clipped to [0, 1]), codebook usage and perplexity
     (of the joint code of a position, see ``vqlib.quantizers.vector.joint_indices``), and bits per image,
     h·w·log2(codes per position)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     scores, indices = [], []
-    try:
+    with evaluating(model):
         for start in range(0, len(data), batch_size):
             x = data[start:start + batch_size][0].to(device)
             out = model(x)
             scores.append(psnr(x, out.x_hat.clamp(0, 1)) * len(x))
             indices.append(joint_indices(model.quantizer, out.indices))  # (B, h, w)
-    finally:
-        model.train(was_training)
     size = codes_per_position(model.quantizer)
     counts = code_counts(indices, size)
     return {"psnr": float(sum(scores)) / len(data), "usage": codebook_usage(counts),
             "perplexity": perplexity(counts), "bits": math.prod(indices[0].shape[1:]) * math.log2(size)}
-
-
-def mnist_train_config(profile: str | None = None, **overrides) -> TrainConfig:
-    """The training budget of the MNIST VQ-VAE for a profile."""
-    defaults = dict(steps=pick(30, 1500, 20_000, profile=profile), batch_size=pick(32, 64, 128, profile=profile),
-                    lr=2e-3, cosine=True, max_seconds=pick(None, 170.0, None, profile=profile),
-                    log_every=pick(5, 25, 100, profile=profile))
-    return TrainConfig(**{**defaults, **overrides})
-
-
-def train_mnist_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, History]:
-    """The book's MNIST VQ-VAE, trained once per profile and configuration, then loaded from the cache.
-
-    ``overrides`` set fields of VQVAEConfig or TrainConfig, e.g. ``train_mnist_vqvae(beta=1.0, steps=200)``.
-    Returns the model in eval mode and its History (with test PSNR, codebook usage and perplexity).
-    """
-    from vqlib.data.mnist import mnist
-
-    model_overrides, train_overrides = split_overrides(overrides, VQVAEConfig)
-    config = VQVAEConfig.for_profile(profile, in_channels=1, **model_overrides)
-    train_config = mnist_train_config(profile, **train_overrides)
-    seed_everything(train_config.seed)
-    model = VQVAE(config)
-    test, train = mnist("test", profile=profile), mnist("train", profile=profile)
-    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate(m, test),
-                  checkpoint=checkpoint_path("mnist-vqvae", config, train_config, data=train, profile=profile))
-    return model, history
