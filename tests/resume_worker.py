@@ -22,7 +22,8 @@ import torch
 from vqlib.core import distributed
 from vqlib.core.profile import seed_everything
 from vqlib.data.mnist import mnist
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, mnist_train_config, vqvae_loss
+from vqlib.recipes.ch02_vqvae import vqvae_train_config
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, vqvae_loss
 from vqlib.training.loop import fit
 
 EVERY = 7  # checkpoint interval, in steps
@@ -31,7 +32,7 @@ EVERY = 7  # checkpoint interval, in steps
 def run(out: Path, checkpoint: Path, steps: int, stop_at: int | None, loss_fn=vqvae_loss) -> dict[str, torch.Tensor]:
     """Train (or resume) the smoke recipe; save and return the final state dict."""
     config = VQVAEConfig.for_profile("smoke", in_channels=1)
-    train_config = mnist_train_config("smoke", steps=steps, checkpoint_every=EVERY)
+    train_config = vqvae_train_config("smoke", steps=steps, checkpoint_every=EVERY)
     seed_everything(train_config.seed)
     model = VQVAE(config)
     test = mnist("test", profile="smoke")
