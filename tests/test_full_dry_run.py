@@ -2,7 +2,7 @@
 encoding call at batch 2 and full resolution, on the CPU, on random data of the full shape.
 
 What a GPU run would meet first (a shape that only full sizes produce, a config that does not build, a
-sampler that breaks on a long context) fails here, in CI, in about two minutes. Each recipe reports
+sampler that breaks on a long context) fails here, in CI, in about a minute on two cores. Each recipe reports
 (in the terminal summary, "full dry run"):
 
 - parameters: trained (with a gradient and two AdamW moments) and frozen;

@@ -44,7 +44,7 @@ from torch.utils.data import Dataset, TensorDataset
 from vqlib.core.cache import atomic_save
 from vqlib.core.inference import in_batches
 from vqlib.core.metrics import frechet_distance, psnr, ssim
-from vqlib.core.profile import pick, seed_everything
+from vqlib.core.profile import default_device, pick, seed_everything
 from vqlib.data.photos import TRAIN_PHOTOS
 from vqlib.judges.photonet import embed_images, labelled_crops, train_photo_net
 from vqlib.losses.discriminator import PatchGAN, PatchGANConfig, discriminator_loss, generator_loss
@@ -164,7 +164,7 @@ def fit_vqgan(model: VQGAN, criterion: VQGANLoss, data: Dataset, config: TrainCo
         raise ValueError("config must be a TrainConfig without max_seconds: fit_vqgan stops by steps only, "
                          f"got {config!r}")
     end = config.steps if stop_at is None else min(config.steps, stop_at)
-    device = torch.device(device or "cpu")
+    device = torch.device(device) if device is not None else default_device()  # as fit: CUDA where there is one
     model.to(device).train()
     criterion.to(device).train()
     disc = criterion.discriminator
