@@ -75,7 +75,7 @@ def stage_env(device: str) -> dict:
     env = {"python": platform.python_version(), "executable": sys.executable, "torch": torch.__version__,
            "cuda_available": torch.cuda.is_available(), "device": device, "cpu_count": os.cpu_count(),
            "packages": {name: ver(name) for name in DISTRIBUTIONS}}
-    if device == "cuda":
+    if device == "cuda" and torch.cuda.is_available():
         capability = ".".join(map(str, torch.cuda.get_device_capability()))
         env |= {"gpu": torch.cuda.get_device_name(), "capability": capability, "cuda": torch.version.cuda,
                 "bf16_supported": torch.cuda.is_bf16_supported(),
@@ -150,14 +150,16 @@ def stage_chapters(device: str, chapters: list[Path], jobs: int, budget: Budget)
         while waiting and len(running) < jobs:
             path = waiting.pop(0)
             cmd = [sys.executable, str(Path(__file__)), "--execute-chapter", str(path), "--cache", cache]
-            running[path] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True)
-        for path, proc in list(running.items()):
+            logs = (Path(cache) / f"{path.stem}.out", Path(cache) / f"{path.stem}.err")  # files: a pipe could fill up
+            with open(logs[0], "w") as out, open(logs[1], "w") as err:
+                running[path] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err), logs)
+        for path, (proc, logs) in list(running.items()):
             if proc.poll() is None and budget.left() > 20:
                 continue
             if proc.poll() is None:
                 proc.kill()
-            out, err = proc.communicate()
+            proc.wait()
+            out, err = (log.read_text(errors="replace") for log in logs)
             del running[path]
             lines = [line for line in out.splitlines() if line.startswith("{")]
             result = json.loads(lines[-1]) if lines else {"chapter": path.stem, "ok": False,

@@ -1,4 +1,5 @@
-"""Shared test setup: no network, a private cache directory, a non-interactive plot backend."""
+"""Shared test setup: no network, a private cache directory, a non-interactive plot backend, the CPU
+unless a test takes the ``device`` fixture (CPU and CUDA), and the full dry run's table."""
 
 import os
 
