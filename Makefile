@@ -3,6 +3,7 @@
 #   make test   create the environment, run the unit tests and execute every chapter in `smoke`
 #   make classroom      student and teacher notebooks of every chapter in classroom/
 #   make browser-test   the built book in headless Chromium, with screenshots in _build/screenshots/
+#   make gpu-check      on a CUDA machine: unit tests, chapters and full recipes on the GPU (scripts/gpu_check.sh)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ JOBS ?= 2
 # A reader on a CPU-only machine elsewhere may set TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install test unit chapters book ci bench classroom browser-test clean
+.PHONY: install test unit chapters book ci bench classroom browser-test gpu-wheels gpu-check gpu-check-cpu clean
 
 install: $(VENV)/.installed
 
@@ -59,6 +60,25 @@ $(VENV)/.browser: $(VENV)/.installed
 bench: install
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The GPU check runs with a CUDA machine's own python3 and PyTorch, offline (scripts/gpu_check.sh):
+# `make gpu-wheels` downloads here what its image lacks (scripts/gpu_wheels.txt, pinned by constraints.txt)
+# as Python 3.12 x86-64 wheels into $(GPU_WHEELS)/, to carry there. Results: _build/gpu_check.json.
+GPU_WHEELS ?= gpu_wheels
+GPU_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,\
+	--platform $(p)_x86_64)
+
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -c constraints.txt -r scripts/gpu_wheels.txt -d $(GPU_WHEELS)
+	@du -sh $(GPU_WHEELS)
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
+# its CPU half, here: the device tests, one chapter and every full recipe for one step, on the CPU
+gpu-check-cpu: install
+	PYTHON=$(BIN)/python bash scripts/gpu_check.sh --cpu
 
 clean:
 	rm -rf _build

@@ -2,8 +2,8 @@
 
 ``evaluating(model)`` switches a model to eval mode and restores its mode afterwards (dropout off,
 EMA codebooks frozen, BatchNorm statistics fixed); ``in_batches`` applies a function to a large
-tensor batch by batch on the model's device and gathers the results on the CPU; ``reconstruct``
-does so with an autoencoder, whose output has an ``x_hat`` field.
+tensor batch by batch on the model's device (``vqlib.core.device``) and gathers the results on the
+CPU; ``reconstruct`` does so with an autoencoder, whose output has an ``x_hat`` field.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+
+from vqlib.core.device import model_device, to_device
 
 
 @contextmanager
@@ -29,9 +31,9 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 @torch.no_grad()
 def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """fn applied to x (N, ...) in batches on the model's device, in eval mode, concatenated on the CPU."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     with evaluating(model):
-        return torch.cat([fn(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+        return torch.cat([fn(to_device(x[i:i + batch_size], device)).cpu() for i in range(0, len(x), batch_size)])
 
 
 def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

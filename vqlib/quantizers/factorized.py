@@ -34,6 +34,7 @@ from vqlib.quantizers.vector import (
     from_vectors,
     nearest_code,
     project,
+    project_float32,
     straight_through_with_loss,
     to_vectors,
 )
@@ -62,7 +63,7 @@ class FactorizedQuantizer(nn.Module):
 
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
         check_latents(z_e, self.code_dim)
-        z = F.normalize(self.project_in(to_vectors(z_e)), dim=1)  # (N, d) on the unit sphere
+        z = F.normalize(project_float32(self.project_in, to_vectors(z_e)), dim=1)  # (N, d) on the unit sphere, float32
         codebook = self.normalised_codebook()  # (K, d)
         indices = nearest_code(z.detach(), codebook)  # (N,) = argmax_k of the cosine similarity z·e_k
         codes = F.embedding(indices, codebook)  # (N, d), carries the codebook gradient

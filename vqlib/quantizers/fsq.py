@@ -36,6 +36,7 @@ from vqlib.quantizers.vector import (
     check_latents,
     from_vectors,
     project,
+    project_float32,
     to_vectors,
 )
 
@@ -100,7 +101,7 @@ class FiniteScalarQuantizer(nn.Module):
 
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
         check_latents(z_e, self.code_dim)
-        z = self.project_in(to_vectors(z_e))  # (N, d)
+        z = project_float32(self.project_in, to_vectors(z_e))  # (N, d), float32 even under autocast
         check_finite_loss(z.detach().sum(), z_e)  # FSQ has no loss to catch NaN/inf for us
         codes = self.quantize(z.float())  # (N, d) in [-1, 1]; bounded and rounded in float32 even under autocast
         indices = self.codes_to_indices(codes.detach())  # (N,)

@@ -38,6 +38,7 @@ from vqlib.quantizers.vector import (
     check_latents,
     from_vectors,
     project,
+    project_float32,
     straight_through_with_loss,
     to_vectors,
 )
@@ -97,7 +98,7 @@ class LookupFreeQuantizer(nn.Module):
 
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
         check_latents(z_e, self.code_dim)
-        z = self.project_in(to_vectors(z_e))  # (N, d)
+        z = project_float32(self.project_in, to_vectors(z_e))  # (N, d), float32 even under autocast: signs near 0
         q = torch.where(z > 0, 1.0, -1.0).to(z.dtype).detach()  # (N, d) sign, with sign(0) = -1 as in the paper
         z_q_low, commitment = straight_through_with_loss(z, q, 0.0, self.beta)  # beta·mse(z, sg[q]); no codebook
         check_finite_loss(commitment, z_e)

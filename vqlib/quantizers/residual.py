@@ -25,7 +25,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput, check_latents, straight_through
+from vqlib.quantizers.vector import (
+    EMAVectorQuantizer,
+    QuantizerOutput,
+    at_least_float32,
+    check_latents,
+    straight_through,
+)
 
 
 class ResidualVectorQuantizer(nn.Module):
@@ -46,14 +52,16 @@ class ResidualVectorQuantizer(nn.Module):
 
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
         check_latents(z_e, self.code_dim)
-        partial = torch.zeros_like(z_e)  # (B, D, ...) Ẑ^(s), the sum of the codes so far (no gradient)
-        loss, indices = z_e.new_zeros(()), []
+        z = z_e.to(at_least_float32(z_e.dtype))  # residuals in float32: in bfloat16 they would lose the small errors
+        partial = torch.zeros_like(z)  # (B, D, ...) Ẑ^(s), the sum of the codes so far (no gradient)
+        loss, indices = z.new_zeros(()), []
         for stage in self.stages:
-            out = stage(z_e - partial)  # r_s = z - sg[Ẑ^(s-1)]: the commitment loss pulls z towards Ẑ^(s)
+            out = stage(z - partial)  # r_s = z - sg[Ẑ^(s-1)]: the commitment loss pulls z towards Ẑ^(s)
             partial = partial + out.z_q.detach()
             loss = loss + out.loss
             indices.append(out.indices)  # (B, ...)
-        return QuantizerOutput(straight_through(z_e, partial), loss, torch.stack(indices, dim=1))  # (B, S, ...)
+        z_q = straight_through(z_e, partial.to(z_e.dtype))
+        return QuantizerOutput(z_q, loss, torch.stack(indices, dim=1))  # indices (B, S, ...)
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (B, S, ...) long, one code per stage -> the sum of the codes (B, D, ...)."""

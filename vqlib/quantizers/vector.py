@@ -9,8 +9,8 @@ What is in it:
 - the pieces every quantizer of the book shares (chapter 6 builds on them in ``vqlib.quantizers.factorized``,
   ``vqlib.quantizers.rotation``, ``vqlib.quantizers.residual``, ``vqlib.quantizers.fsq`` and ``vqlib.quantizers.lfq``): ``QuantizerOutput``,
   input checks, channels-first latents to rows of vectors and back, exact nearest-code search,
-  the straight-through estimator (alone, and fused with the VQ losses), per-vector projections,
-  and decoding indices;
+  the straight-through estimator (alone, and fused with the VQ losses), per-vector projections
+  (``project_float32`` for the one that decides the code), and decoding indices;
 - ``VectorQuantizer``: the codebook is a parameter learned by gradient descent on the codebook
   loss ``mse(z_q, sg[z_e])``, next to the commitment loss ``beta * mse(z_e, sg[z_q])``;
 - ``EMAVectorQuantizer``: the codebook follows moving averages of the vectors assigned to each
@@ -199,6 +199,19 @@ def project(layer: nn.Module, z: torch.Tensor) -> torch.Tensor:
     and a smaller code space, for images and videos alike.
     """
     return layer(z.movedim(1, -1)).movedim(-1, 1).contiguous()  # (B, d, ...)
+
+
+def project_float32(layer: nn.Linear, vectors: torch.Tensor) -> torch.Tensor:
+    """``layer(vectors)`` in at least float32, also under autocast: rows (N, D) -> (N, d).
+
+    For the projection whose output decides the code (the search of ``factorized``, the rounding
+    of ``fsq``, the signs of ``lfq``): under bfloat16 autocast ``nn.Linear`` would round its inputs
+    and weights to 8 bits of mantissa, and a value near a boundary would get another code than in float32.
+    """
+    dtype = at_least_float32(vectors.dtype, layer.weight.dtype)
+    with torch.autocast(vectors.device.type, enabled=False):
+        bias = None if layer.bias is None else layer.bias.to(dtype)
+        return F.linear(vectors.to(dtype), layer.weight.to(dtype), bias)  # (N, d)
 
 
 def check_indices(indices: torch.Tensor, codebook_size: int) -> None:
