@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from vqlib.data.mnist import mnist
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, train_mnist_vqvae, vqvae_loss
+from vqlib.tokenizers.base import TokenizerOutput
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate_vqvae, train_mnist_vqvae, vqvae_loss
 
 TINY = dict(in_channels=1, hidden=8, res_hidden=4, res_blocks=1, codebook_size=16, code_dim=4)
 
@@ -26,6 +27,7 @@ def test_shapes_and_dtypes(quantizer, factor, size):
     model = tiny(quantizer=quantizer, downsample=factor)
     x = torch.rand(3, 1, size, size)
     out = model(x)
+    assert isinstance(out, TokenizerOutput)
     assert out.x_hat.shape == x.shape and out.x_hat.dtype == torch.float32
     assert out.indices.shape == (3, size // factor, size // factor) and out.indices.dtype == torch.long
     assert out.z_e.shape == out.z_q.shape == (3, 4, size // factor, size // factor)
@@ -159,10 +161,10 @@ def test_train_mnist_vqvae_trains_once_then_loads_from_the_cache():
         train_mnist_vqvae(profile="smoke", nonsense=1)
 
 
-def test_evaluate_reports_psnr_usage_and_perplexity_over_the_whole_set():
+def test_evaluate_vqvae_reports_psnr_usage_and_perplexity_over_the_whole_set():
     model = tiny().eval()
     data = mnist("test", profile="smoke")
-    scores = evaluate(model, torch.utils.data.TensorDataset(*(t[:50] for t in data.tensors)), batch_size=16)
+    scores = evaluate_vqvae(model, torch.utils.data.TensorDataset(*(t[:50] for t in data.tensors)), batch_size=16)
     x = data.tensors[0][:50]
     with torch.no_grad():
         out = model(x)
