@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vqlib.core.inference import evaluating, in_batches
