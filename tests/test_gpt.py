@@ -141,3 +141,60 @@ def test_bad_input_gets_a_message_that_says_what_was_expected():
         gpt.sample(2, L, prefix=torch.zeros(2, 5))
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(vocab_size=K, block_size=L, n_head=3, n_embd=16)
+    context = torch.randn(2, 3, 16)  # (B, P, C)
+    with pytest.raises(ValueError, match=r"after 3 context vectors.*block_size"):
+        gpt(tokens, context=context)  # P + L > block_size
+    with pytest.raises(ValueError, match=r"\(2, P, 16\)"):
+        gpt(tokens[:, :4], context=context[:, :, :8])
+    with pytest.raises(ValueError, match=r"\(2, P, 16\)"):
+        gpt(tokens[:, :4], context=context[:1])
+    with pytest.raises(TypeError, match="float vectors"):
+        gpt(tokens[:, :4], context=context.long())
+    with pytest.raises(ValueError, match="block_size - P"):
+        gpt.sample(2, L, context=context)
+
+
+# ----------------------------------------------------------------------------- a context before the tokens
+
+P = 3  # context vectors
+
+
+def test_context_conditions_every_position_and_causality_still_holds():
+    gpt = model()
+    tokens, context = torch.randint(0, K, (1, L - P)).repeat(2, 1), torch.randn(2, P, 16)
+    logits = gpt(tokens, context=context)  # (2, L - P, K): row t predicts token t + 1
+    assert logits.shape == (2, L - P, K)
+    assert ((logits[0] - logits[1]).abs().amax(-1) > 1e-4).all()  # a different context changes every row
+    for p in range(P):  # and every context vector matters, for the first token too
+        changed = context.clone()
+        changed[:, p] = torch.randn(2, 16)  # (a constant shift would vanish in the LayerNorm)
+        assert (gpt.next_logits(tokens[:, :0], context=changed) - gpt.next_logits(tokens[:, :0], context=context)
+                ).abs().max() > 1e-4, f"context vector {p} ignored"
+    for t in range(L - P):
+        later = tokens.clone()
+        later[:, t + 1:] = (later[:, t + 1:] + 1) % K
+        torch.testing.assert_close(gpt(later, context=context)[:, t], logits[:, t], atol=1e-6, rtol=0)
+
+
+def test_nll_with_a_context_is_the_chain_rule_and_the_cache_agrees():
+    gpt = model()
+    tokens, context = torch.randint(0, K, (3, L - P)), torch.randn(3, P, 16)
+    by_hand = torch.zeros(3)
+    for t in range(L - P):  # -log p(token t | context, tokens < t), from the prefix alone
+        logits = gpt.next_logits(tokens[:, :t], context=context)  # (B, K)
+        by_hand += torch.nn.functional.cross_entropy(logits, tokens[:, t], reduction="none")
+    torch.testing.assert_close(gpt.nll(tokens, context=context), by_hand / (L - P))
+    caches = [KVCache() for _ in gpt.blocks]
+    steps = [gpt.next_logits(tokens[:, :1], context=context, caches=caches)]  # prefill: start, context, token 0
+    steps += [gpt.next_logits(tokens[:, t:t + 1], caches=caches) for t in range(1, L - P - 1)]  # the cache holds it
+    assert len(caches[0]) == 1 + P + L - P - 1
+    torch.testing.assert_close(torch.stack(steps, dim=1), gpt(tokens, context=context)[:, :-1], atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_sample_with_a_context_is_the_argmax_of_its_own_logits():
+    gpt = model()
+    context = torch.randn(4, P, 16)
+    samples = [gpt.sample(4, L - P, top_k=1, context=context, use_cache=use) for use in (True, False)]
+    assert torch.equal(samples[0], samples[1]) and samples[0].shape == (4, L - P)
+    assert torch.equal(gpt(samples[0], context=context)[:, :-1].argmax(-1), samples[0][:, 1:])
+    assert not torch.equal(samples[0], gpt.sample(4, L - P, top_k=1, context=torch.randn(4, P, 16)))

@@ -1,4 +1,5 @@
-"""vqlib.recipes.ch06_codebooks: every quantizer kind inside the Chapter 2 VQ-VAE, evaluated and cached."""
+"""vqlib.quantizers.factory and vqlib.recipes.ch06_codebooks: every quantizer kind inside the Chapter 2 VQ-VAE,
+evaluated and cached."""
 
 import math
 
@@ -7,16 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from vqlib.data.mnist import mnist
-from vqlib.recipes.ch06_codebooks import (
-    COMPARED,
-    KINDS,
-    build_quantizer,
-    codes_per_position,
-    comparison_model,
-    joint_indices,
-    train_mnist_codebook,
-)
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate
+from vqlib.quantizers.factory import KINDS, make_quantizer
+from vqlib.quantizers.vector import codes_per_position, joint_indices
+from vqlib.recipes.ch06_codebooks import COMPARED, comparison_model, train_mnist_codebook
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate_vqvae
 
 OPTIONS = {"vq": dict(codebook_size=8), "ema": dict(codebook_size=8), "l2": dict(codebook_size=8, low_dim=3),
            "rotation": dict(inner="ema", codebook_size=8), "residual": dict(num_stages=2, codebook_size=4),
@@ -25,7 +20,7 @@ OPTIONS = {"vq": dict(codebook_size=8), "ema": dict(codebook_size=8), "l2": dict
 
 def tiny(kind: str) -> VQVAE:
     config = VQVAEConfig(in_channels=1, hidden=8, res_hidden=4, res_blocks=1, code_dim=4)
-    return VQVAE(config, quantizer=build_quantizer(kind, config.code_dim, **OPTIONS[kind]))
+    return VQVAE(config, quantizer=make_quantizer(kind, config.code_dim, **OPTIONS[kind]))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -41,7 +36,7 @@ def test_every_kind_trains_inside_the_vqvae_and_decodes_its_indices(kind):
 
 
 def test_joint_indices_of_residual_stages_are_mixed_radix_numbers():
-    q = build_quantizer("residual", 4, num_stages=3, codebook_size=5)
+    q = make_quantizer("residual", 4, num_stages=3, codebook_size=5)
     indices = torch.randint(0, 5, (2, 3, 4, 4))
     joint = joint_indices(q, indices)
     assert joint.shape == (2, 4, 4) and codes_per_position(q) == 125
@@ -49,11 +44,11 @@ def test_joint_indices_of_residual_stages_are_mixed_radix_numbers():
     assert len(torch.unique(joint_indices(q, torch.cartesian_prod(*[torch.arange(5)] * 3).T[None, :, :, None]))) == 125
 
 
-def test_evaluate_counts_joint_codes_and_bits():
+def test_evaluate_vqvae_counts_joint_codes_and_bits():
     model = tiny("residual").eval()
     x = mnist("test", profile="smoke").tensors[0][:20]
     data = torch.utils.data.TensorDataset(x)
-    scores = evaluate(model, data, batch_size=7)
+    scores = evaluate_vqvae(model, data, batch_size=7)
     with torch.no_grad():
         joint = joint_indices(model.quantizer, model(x).indices)
     assert scores["usage"] == pytest.approx(joint.unique().numel() / 16)
@@ -67,9 +62,9 @@ def test_decode_checks_the_stage_axis():
 
 def test_bad_kinds():
     with pytest.raises(ValueError, match="unknown quantizer kind"):
-        build_quantizer("pq", 4)
+        make_quantizer("pq", 4)
     with pytest.raises(ValueError, match="inner"):
-        build_quantizer("rotation", 4, inner="fsq", levels=(3,))
+        make_quantizer("rotation", 4, inner="fsq", levels=(3,))
     with pytest.raises(TypeError, match="unknown overrides"):
         train_mnist_codebook("fsq", dict(levels=(3, 3)), profile="smoke", nonsense=1)
 
@@ -86,6 +81,6 @@ def test_train_mnist_codebook_trains_once_then_loads_from_the_cache():
 
 def test_the_compared_quantizers_all_spend_about_8_bits_per_position():
     for name, (kind, options) in COMPARED.items():
-        q = build_quantizer(kind, 16, **options)
+        q = make_quantizer(kind, 16, **options)
         assert 7.9 < math.log2(codes_per_position(q)) <= 8, name
     assert comparison_model("quick")["code_dim"] == 16

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from vqlib.book import plot
 from vqlib.recipes.ch08_video_tokenizers import (
     equal_bits_configs,
-    evaluate_video,
-    frame_psnr,
+    evaluate_video_vqvae,
     psnr_per_frame,
+    reconstruct_with_indices,
     train_video_vqvae,
 )
+from vqlib.tokenizers.base import TokenizerOutput
 from vqlib.tokenizers.video import FrameVQVAE, TemporalAttention, VideoVQVAE, VideoVQVAEConfig
 from vqlib.tokenizers.vqvae import vqvae_loss
 
@@ -50,6 +51,7 @@ def test_video_shapes_and_dtypes(kind, ft, fs, t, s, c):
     model = tiny(kind, frames=t, size=s, channels=c, time_downsample=ft, space_downsample=fs)
     x = clips(3, t, c, s)
     out = model(x)
+    assert isinstance(out, TokenizerOutput)
     latent = (t // ft, s // fs, s // fs)
     assert model.latent_shape == latent
     assert out.x_hat.shape == x.shape and out.x_hat.dtype == torch.float32
@@ -65,6 +67,7 @@ def test_frame_baseline_shapes(fs, c):
     model = tiny("frame", space_downsample=fs, channels=c, size=16)
     x = clips(2, 4, c, 16)
     out = model(x)
+    assert isinstance(out, TokenizerOutput)
     assert model.latent_shape == (4, 16 // fs, 16 // fs)
     assert out.x_hat.shape == x.shape and out.indices.shape == (2, *model.latent_shape)
     assert out.z_e.shape == (2, 4, *model.latent_shape)
@@ -282,8 +285,11 @@ def test_train_video_vqvae_trains_once_then_loads_and_evaluates():
     assert torch.equal(model(x).x_hat, again(x).x_hat)
     _, other = train_video_vqvae(x.flip(0), cfg, "test-video", profile="smoke", progress=False, steps=3)
     assert other.seconds != history.seconds  # another training set is another checkpoint
-    scores = evaluate_video(model, x)
-    assert scores["psnr"] == pytest.approx(frame_psnr(model, x).mean().item(), rel=1e-5)
+    scores = evaluate_video_vqvae(model, x)
+    x_hat, indices = reconstruct_with_indices(model, x, batch_size=3)  # in batches of 3, one forward pass each
+    assert torch.equal(indices, torch.cat([model.encode(x[i:i + 3]) for i in range(0, len(x), 3)]))
+    assert not model.training and x_hat.shape == x.shape
+    assert scores["psnr"] == pytest.approx(psnr_per_frame(x, x_hat).mean().item(), rel=1e-5)
     frame_model, _ = train_video_vqvae(x, config(time_downsample=1), "test-video-frame", profile="smoke",
                                        progress=False, frame_wise=True, steps=2)
     assert isinstance(frame_model, FrameVQVAE)

@@ -12,21 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.priors.base import bits_per_dim
 from vqlib.priors.gpt import GPT
 from vqlib.priors.text import CaptionTokenizer
 from vqlib.priors.video_prior import (
     VideoPrior,
     VideoPriorConfig,
-    bits_per_token,
     continue_video,
     copy_last_frame,
     prompt_indices,
     temporal_stride,
     to_grid,
     to_sequence,
-    train_video_prior,
     video_prior_loss,
 )
+from vqlib.recipes.ch09_video_generation import train_video_prior
 from vqlib.training.loop import TrainConfig
 
 K, T, S = 5, 4, 8  # codes, frames, frame side
@@ -62,11 +62,11 @@ def caption_tokenizer() -> CaptionTokenizer:
     return CaptionTokenizer.fit(CAPTIONS)
 
 
-def prior(captions: bool = True, **changes) -> VideoPrior:
+def prior(captions: bool = True, **overrides) -> VideoPrior:
     torch.manual_seed(0)
     tok = caption_tokenizer() if captions else None
     config = VideoPriorConfig.for_profile(K, BlockTokenizer().latent_shape, tok, profile="smoke",
-                                          **{"n_layer": 2, "n_head": 2, "n_embd": 16} | changes)
+                                          **{"n_layer": 2, "n_head": 2, "n_embd": 16} | overrides)
     model = VideoPrior(config).eval()
     with torch.no_grad():  # larger weights than GPT-2's init, so that every dependence is clearly visible
         for p in model.parameters():
@@ -105,11 +105,12 @@ def test_logits_depend_on_the_caption_at_every_position_and_on_every_word():
     text = tok.encode(CAPTIONS[:2])  # two different captions for the same tokens
     logits = model(tokens, text)
     assert ((logits[0] - logits[1]).abs().amax(-1) > 1e-4).all()
-    first = model._logits(tokens[:, :0], text)[:, -1]  # the distribution of the first token: caption alone
+    first = model.gpt.next_logits(tokens[:, :0], context=model.context(text))  # the first token: caption alone
     for word in range(tok.length):
         changed = text.clone()
         changed[:, word] = (changed[:, word] + 1) % tok.vocab_size
-        assert (model._logits(tokens[:, :0], changed)[:, -1] - first).abs().max() > 1e-4, f"word {word} ignored"
+        assert (model.gpt.next_logits(tokens[:, :0], context=model.context(changed)) - first).abs().max() > 1e-4, \
+            f"word {word} ignored"
 
 
 def test_logits_at_i_never_depend_on_later_video_tokens():
@@ -132,18 +133,21 @@ def test_nll_equals_the_chain_rule_computed_one_token_at_a_time():
     text, tokens = tok.encode(CAPTIONS), to_sequence(grids(4))
     by_hand = torch.zeros(4)
     for i in range(tokens.shape[1]):  # -log p(token i | caption, tokens < i), from the prefix alone
-        logits = model._logits(tokens[:, :i], text)[:, -1]  # (B, K)
+        logits = model.gpt.next_logits(tokens[:, :i], context=model.context(text))  # (B, K)
         by_hand += F.cross_entropy(logits, tokens[:, i], reduction="none")
     torch.testing.assert_close(model.nll(to_grid(tokens, model.config.latent_shape), text),
                                by_hand / tokens.shape[1])
 
 
-def test_empty_caption_is_the_default_and_bits_per_token_is_the_mean_nll():
+def test_empty_caption_is_the_default_and_bits_per_dim_is_the_mean_nll():
     model = prior()
     g = grids(5)
     torch.testing.assert_close(model.nll(g), model.nll(g, caption_tokenizer().encode([""] * 5)))
     expected = model.nll(g, caption_tokenizer().encode(CAPTIONS + CAPTIONS[:1])).mean().item() / math.log(2)
-    assert bits_per_token(model, g, CAPTIONS + CAPTIONS[:1], batch_size=2) == pytest.approx(expected, rel=1e-5)
+    text = model.caption_tokens(CAPTIONS + CAPTIONS[:1], 5)  # (5, P) word ids: the prior's cond
+    assert bits_per_dim(model, g, text, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    empty = model.nll(g).mean().item() / math.log(2)
+    assert bits_per_dim(model, g, batch_size=2) == pytest.approx(empty, rel=1e-5)
 
 
 def test_cached_and_uncached_sampling_agree_and_the_prompt_is_kept():
@@ -277,10 +281,11 @@ def test_guidance_one_is_plain_sampling_and_greedy_guidance_follows_the_guided_l
     assert torch.equal(runs[0], runs[1])
     tokens = to_sequence(runs[0])
     text, empty = tok.encode(CAPTIONS), tok.encode([""] * 4)
-    with_caption, without = model._logits(tokens, text), model._logits(tokens, empty)  # (B, 1 + P + L, K)
-    P = tok.length
+    with_caption, without = (torch.stack([model.gpt.next_logits(tokens[:, :i], context=model.context(t))
+                                          for i in range(tokens.shape[1])], dim=1)  # (B, L, K): row i predicts token i
+                             for t in (text, empty))
     guided = without + w * (with_caption - without)
-    assert torch.equal(guided[:, P:P + tokens.shape[1]].argmax(-1), tokens)  # row P + i predicts token i
+    assert torch.equal(guided.argmax(-1), tokens)
 
 
 def test_guidance_needs_captions():

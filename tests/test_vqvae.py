@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from vqlib.data.mnist import mnist
 from vqlib.recipes.ch02_vqvae import train_mnist_vqvae
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, vqvae_loss
+from vqlib.tokenizers.base import TokenizerOutput
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate_vqvae, vqvae_loss
 
 TINY = dict(in_channels=1, hidden=8, res_hidden=4, res_blocks=1, codebook_size=16, code_dim=4)
 
@@ -28,6 +29,7 @@ def test_shapes_and_dtypes(quantizer, factor, size):
     model = tiny(quantizer=quantizer, downsample=factor)
     x = torch.rand(3, 1, size, size)
     out = model(x)
+    assert isinstance(out, TokenizerOutput)
     assert out.x_hat.shape == x.shape and out.x_hat.dtype == torch.float32
     assert out.indices.shape == (3, size // factor, size // factor) and out.indices.dtype == torch.long
     assert out.z_e.shape == out.z_q.shape == (3, 4, size // factor, size // factor)
@@ -165,15 +167,15 @@ def test_evaluate_runs_in_eval_mode_and_restores_the_mode():
     model = tiny().train()
     before = buffers_and_weights(model)
     data = torch.utils.data.TensorDataset(torch.rand(20, 1, 28, 28))
-    evaluate(model, data, batch_size=8)
+    evaluate_vqvae(model, data, batch_size=8)
     assert model.training and model.quantizer.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the EMA codebook did not move
 
 
-def test_evaluate_reports_psnr_usage_and_perplexity_over_the_whole_set():
+def test_evaluate_vqvae_reports_psnr_usage_and_perplexity_over_the_whole_set():
     model = tiny().eval()
     data = mnist("test", profile="smoke")
-    scores = evaluate(model, torch.utils.data.TensorDataset(*(t[:50] for t in data.tensors)), batch_size=16)
+    scores = evaluate_vqvae(model, torch.utils.data.TensorDataset(*(t[:50] for t in data.tensors)), batch_size=16)
     x = data.tensors[0][:50]
     with torch.no_grad():
         out = model(x)

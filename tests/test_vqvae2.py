@@ -8,6 +8,7 @@ from vqlib.core.inference import reconstruct
 from vqlib.core.metrics import code_bits
 from vqlib.priors.gpt import GPTConfig
 from vqlib.recipes.ch04_vqvae2 import train_photo_priors, train_photo_vqvae, train_photo_vqvae2
+from vqlib.tokenizers.base import TokenizerOutput
 from vqlib.tokenizers.vqvae import vqvae_loss
 from vqlib.tokenizers.vqvae2 import VQVAE2, BottomPrior, VQVAE2Config, equal_bits_codebook_size
 
@@ -22,9 +23,11 @@ def tiny_model() -> VQVAE2:
 def test_shapes_dtypes_and_finite_loss():
     out = tiny_model()(torch.rand(3, 3, 16, 24))
     assert out.x_hat.shape == (3, 3, 16, 24) and out.x_hat.dtype == torch.float32
-    assert out.top_indices.shape == (3, 2, 3) and out.bottom_indices.shape == (3, 4, 6)
-    assert out.top_indices.dtype == out.bottom_indices.dtype == torch.long
-    assert out.z_e_top.shape == (3, 4, 2, 3) and out.z_e_bottom.shape == (3, 4, 4, 6)
+    assert isinstance(out, TokenizerOutput)  # one tensor per level, top first
+    (top, bottom), (z_e_top, z_e_bottom), (z_q_top, z_q_bottom) = out.indices, out.z_e, out.z_q
+    assert top.shape == (3, 2, 3) and bottom.shape == (3, 4, 6)
+    assert top.dtype == bottom.dtype == torch.long
+    assert z_e_top.shape == z_q_top.shape == (3, 4, 2, 3) and z_e_bottom.shape == z_q_bottom.shape == (3, 4, 4, 6)
     assert out.loss.shape == () and torch.isfinite(out.loss)
 
 
@@ -46,7 +49,7 @@ def test_encode_decode_agrees_with_forward_and_changes_no_buffer():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     top, bottom = model.encode(x)
     out = model(x)
-    assert torch.equal(top, out.top_indices) and torch.equal(bottom, out.bottom_indices)
+    assert torch.equal(top, out.indices[0]) and torch.equal(bottom, out.indices[1])
     torch.testing.assert_close(model.decode(top, bottom), out.x_hat)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     model.train()

@@ -44,10 +44,10 @@ class ClassifierConfig:
             raise ValueError(f"need num_classes >= 2 and positive widths, got {self}")
 
     @classmethod
-    def for_profile(cls, profile: str | None = None, **changes) -> "ClassifierConfig":
-        """The MNIST config sized for ``profile`` (default: the current one); ``changes`` override fields."""
+    def for_profile(cls, profile: str | None = None, **overrides) -> "ClassifierConfig":
+        """The MNIST config sized for ``profile`` (default: the current one); ``overrides`` set any field."""
         channels = pick(smoke=(8, 16), quick=(16, 32), full=(32, 64), profile=profile)
-        return dataclasses.replace(cls(channels=channels), **changes)
+        return dataclasses.replace(cls(channels=channels), **overrides)
 
 
 def check_digits(x: torch.Tensor) -> None:

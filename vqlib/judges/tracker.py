@@ -65,12 +65,12 @@ class TrackerConfig:
 
     @classmethod
     def for_profile(cls, frames: int, size: int, channels: int = 1, num_digits: int = 1,
-                    profile: str | None = None, **changes) -> "TrackerConfig":
-        """The book's size for ``profile`` (default: the current one); ``changes`` override fields."""
+                    profile: str | None = None, **overrides) -> "TrackerConfig":
+        """The book's size for ``profile`` (default: the current one); ``overrides`` set any field."""
         widths = pick(smoke=(4, 8), quick=(16, 32), full=(32, 64), profile=profile)
         every = pick(smoke=4, quick=4, full=1, profile=profile)
         return dataclasses.replace(cls(frames, size, channels, num_digits=num_digits, widths=widths,
-                                       appearance_every=every), **changes)
+                                       appearance_every=every), **overrides)
 
 
 def motion_states(labels: torch.Tensor, directions: torch.Tensor, num_classes: int = 10) -> torch.Tensor:

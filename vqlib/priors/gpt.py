@@ -18,13 +18,17 @@ What is in it:
 - A key/value cache (``KVCache``): when sampling, each step feeds only the newest token and
   attends to the stored keys and values of the earlier ones, so a step costs one token's work.
 - ``sample(..., prefix=tokens)`` continues given tokens (the video chapter continues clips).
+- An optional ``context`` (B, P, C) of vectors placed between the start token and the tokens
+  (``forward``, ``nll``, ``next_logits`` and ``sample`` take it): every token attends to them and
+  none of them is predicted. The video prior (``vqlib.priors.video_prior``) passes a caption's
+  encoding this way, as DALL·E puts the text before the image tokens; ``block_size`` counts the
+  P context positions too.
 
 Left out: dropout on the residual stream beyond one ``dropout`` knob, weight tying, flash-attention
-specifics (SDPA picks a kernel), and other conditioning than a class label (text conditioning
-replaces the one start embedding by a sequence of text embeddings: see ``context``).
+specifics (SDPA picks a kernel), and cross-attention (the context is a prefix).
 
-Dimension key: B batch, L tokens, T positions fed to the transformer (start token included),
-C embedding width (n_embd), N heads, K vocabulary size.
+Dimension key: B batch, L tokens, P context vectors, T positions fed to the transformer (start
+token and context included), C embedding width (n_embd), N heads, K vocabulary size.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from vqlib.priors.base import check_cond, check_sampling, check_tokens, sample_f
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int  # K: codebook size
-    block_size: int  # L: longest token sequence (e.g. 49 for a 7 x 7 code map, raster order)
+    block_size: int  # L (+ P): longest token sequence (e.g. 49 for a 7 x 7 code map), with any context vectors
     n_layer: int = 4  # transformer blocks
     n_head: int = 4  # attention heads; must divide n_embd
     n_embd: int = 128  # C: embedding width
@@ -59,11 +63,11 @@ class GPTConfig:
             raise ValueError(f"need num_classes >= 0 and 0 <= dropout < 1, got {self}")
 
     @classmethod
-    def for_profile(cls, vocab_size: int, block_size: int, profile: str | None = None, **changes) -> "GPTConfig":
-        """The book's size for ``profile`` (default: the current one); ``changes`` override fields."""
+    def for_profile(cls, vocab_size: int, block_size: int, profile: str | None = None, **overrides) -> "GPTConfig":
+        """The book's size for ``profile`` (default: the current one); ``overrides`` set any field."""
         sizes = pick(smoke=dict(n_layer=1, n_head=2, n_embd=16), quick=dict(n_layer=3, n_head=4, n_embd=64),
                      full=dict(n_layer=8, n_head=8, n_embd=256, dropout=0.1), profile=profile)
-        return cls(vocab_size=vocab_size, block_size=block_size, **{**sizes, **changes})
+        return cls(vocab_size=vocab_size, block_size=block_size, **{**sizes, **overrides})
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -157,69 +161,106 @@ class GPT(nn.Module):
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
 
-
-    def context(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """What comes before the tokens: the start token, or the class token. -> (B, 1, C)"""
+    def embed_context(self, cond: torch.Tensor | None, batch: int, context: torch.Tensor | None = None) -> torch.Tensor:
+        """What comes before the tokens: the start token (or the class token), then the ``context``
+        vectors (B, P, C) if any. -> (B, 1 + P, C)"""
         labels = cond if cond is not None else torch.zeros(batch, dtype=torch.long, device=self.start.weight.device)
-        return self.start(labels)[:, None]  # (B, 1, C)
+        start = self.start(labels)[:, None]  # (B, 1, C)
+        return start if context is None else torch.cat([start, context], dim=1)  # (B, 1 + P, C)
 
-    def _logits(self, tokens: torch.Tensor, cond: torch.Tensor | None,
-                caches: list[KVCache] | None = None) -> torch.Tensor:
-        """Logits at every new position. tokens (B, L) -> (B, L + 1, K) when nothing is cached yet
-        (the context comes first: row 0 predicts token 0), else (B, L, K) for the L new tokens."""
+    def _logits(self, tokens: torch.Tensor, cond: torch.Tensor | None, caches: list[KVCache] | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at every new position. tokens (B, L) -> (B, 1 + P + L, K) when nothing is cached yet
+        (the start token and the P context vectors come first: row P predicts token 0), else
+        (B, L, K) for the L new tokens (the context is in the cache then, and ``context`` is not read)."""
         past = len(caches[0]) if caches else 0
         x = self.tok_emb(tokens)  # (B, L, C)
         if past == 0:
-            x = torch.cat([self.context(cond, len(tokens)), x], dim=1)  # (B, T = L + 1, C)
+            x = torch.cat([self.embed_context(cond, len(tokens), context), x], dim=1)  # (B, T = 1 + P + L, C)
         positions = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
         x = self.drop(x + self.pos_emb(positions))
         for block, cache in zip(self.blocks, caches or [None] * len(self.blocks)):
             x = block(x, cache)
         return self.head(self.ln_f(x))  # (B, T, K)
 
-    def _check(self, tokens: torch.Tensor, cond: torch.Tensor | None) -> None:
+    def _check_context(self, context: torch.Tensor | None, batch: int) -> int:
+        """Raise unless ``context`` is None or float (batch, P, C); return P (0 without a context)."""
+        if context is None:
+            return 0
+        c = self.config.n_embd
+        if not torch.is_tensor(context) or not context.is_floating_point():
+            got = context.dtype if torch.is_tensor(context) else type(context).__name__
+            raise TypeError(f"context must be float vectors (B, P, {c}), got {got}")
+        if context.dim() != 3 or len(context) != batch or context.shape[2] != c:
+            raise ValueError(f"context must have shape ({batch}, P, {c}), one row of P vectors of width "
+                             f"n_embd per sequence, got {tuple(context.shape)}")
+        return context.shape[1]
+
+    def _check(self, tokens: torch.Tensor, cond: torch.Tensor | None, context: torch.Tensor | None = None) -> int:
+        """Check the inputs of ``forward`` and ``nll``; return P, the number of context vectors."""
         check_tokens(tokens, self.config.vocab_size, "(B, L)", ndim=2)
-        if tokens.shape[1] > self.config.block_size:
-            raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than block_size="
-                             f"{self.config.block_size}; the model has no positions beyond it")
+        p = self._check_context(context, len(tokens))
+        if p + tokens.shape[1] > self.config.block_size:
+            raise ValueError(f"sequence of {tokens.shape[1]} tokens" + (f" after {p} context vectors" if p else "")
+                             + f" is longer than block_size={self.config.block_size}; the model has no positions "
+                             "beyond it")
         check_cond(cond, self.config.num_classes, len(tokens))
+        return p
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, L) long, L <= block_size -> logits (B, L, K); logits[:, t] predicts token t+1."""
-        self._check(tokens, cond)
-        return self._logits(tokens, cond)[:, 1:]  # drop row 0, the prediction of token 0
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) long, P + L <= block_size -> logits (B, L, K); logits[:, t] predicts token t+1."""
+        p = self._check(tokens, cond, context)
+        return self._logits(tokens, cond, context=context)[:, 1 + p:]  # drop the rows up to the prediction of token 0
 
-    def nll(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def nll(self, tokens: torch.Tensor, cond: torch.Tensor | None = None,
+            context: torch.Tensor | None = None) -> torch.Tensor:
         """Negative log-likelihood in nats per token of each sequence, all L positions: (B, L) -> (B,)."""
-        self._check(tokens, cond)
-        logits = self._logits(tokens[:, :-1], cond)  # (B, L, K): row t predicts token t
+        p = self._check(tokens, cond, context)
+        logits = self._logits(tokens[:, :-1], cond, context=context)[:, p:]  # (B, L, K): row t predicts token t
         return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(1)
+
+    def next_logits(self, tokens: torch.Tensor, cond: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                    caches: list[KVCache] | None = None) -> torch.Tensor:
+        """The logits of the token after ``tokens`` (B, L) -> (B, K), one sampling step.
+
+        With ``caches`` (one ``KVCache`` per block), ``tokens`` are only the positions the caches
+        have not seen yet: the first call (empty caches) also reads the start token and ``context``,
+        later calls feed the newest tokens. Inputs are checked by ``sample`` and ``forward``, not here.
+        """
+        return self._logits(tokens, cond, caches, context)[:, -1]  # (B, K)
 
     @torch.no_grad()
     def sample(self, n: int, length: int, cond: torch.Tensor | None = None, temperature: float = 1.0,
-               top_k: int | None = None, use_cache: bool = True, prefix: torch.Tensor | None = None) -> torch.Tensor:
+               top_k: int | None = None, use_cache: bool = True, prefix: torch.Tensor | None = None,
+               context: torch.Tensor | None = None) -> torch.Tensor:
         """Draw n sequences of ``length`` tokens, one token at a time -> (n, length) long.
 
-        ``prefix`` (n, P) long: the first P tokens are given and continued. ``top_k=1`` is greedy.
-        With ``use_cache`` each step feeds only the newest token (same result, less work).
+        ``prefix`` (n, P') long: the first P' tokens are given and continued. ``context`` (n, P, C):
+        vectors read before the tokens. ``top_k=1`` is greedy. With ``use_cache`` each step feeds
+        only the newest token (same result, less work).
         """
         check_sampling(n, temperature, top_k)
         check_cond(cond, self.config.num_classes, n)
-        if not 1 <= length <= self.config.block_size:
-            raise ValueError(f"length must be in [1, block_size={self.config.block_size}], got {length}")
+        p = self._check_context(context, n)
+        if not 1 <= length <= self.config.block_size - p:
+            limit = f"block_size - P = {self.config.block_size - p}" if p else f"block_size={self.config.block_size}"
+            raise ValueError(f"length must be in [1, {limit}], got {length}")
         if prefix is None:
             prefix = torch.zeros(n, 0, dtype=torch.long)  # (n, 0): nothing given
         else:
-            check_tokens(prefix, self.config.vocab_size, f"({n}, P)", ndim=2)
+            check_tokens(prefix, self.config.vocab_size, f"({n}, P')", ndim=2)
             if len(prefix) != n or prefix.shape[1] > length:
-                raise ValueError(f"prefix must have shape ({n}, P) with P <= length={length}, got {tuple(prefix.shape)}")
+                raise ValueError(f"prefix must have shape ({n}, P') with P' <= length={length}, "
+                                 f"got {tuple(prefix.shape)}")
         device = self.tok_emb.weight.device
-        tokens = prefix.to(device)  # (n, P)
+        tokens = prefix.to(device)  # (n, P')
         cond = None if cond is None else cond.to(device)
+        context = None if context is None else context.to(device)
         caches = [KVCache() for _ in self.blocks] if use_cache else None
         new = tokens  # what the cache has not seen yet
         while tokens.shape[1] < length:
-            logits = self._logits(new if use_cache else tokens, cond, caches)[:, -1]  # (n, K)
+            logits = self.next_logits(new if use_cache else tokens, cond, context, caches)  # (n, K)
             new = sample_from_logits(logits, temperature, top_k)[:, None]  # (n, 1)
             tokens = torch.cat([tokens, new], dim=1)  # (n, t + 1)
         return tokens

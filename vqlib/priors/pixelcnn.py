@@ -56,11 +56,12 @@ class PixelCNNConfig:
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
 
     @classmethod
-    def for_profile(cls, vocab_size: int, profile: str | None = None, **changes) -> "PixelCNNConfig":
-        """The book's size for a 7 x 7 code map in ``profile`` (default: the current one)."""
+    def for_profile(cls, vocab_size: int, profile: str | None = None, **overrides) -> "PixelCNNConfig":
+        """The book's size for a 7 x 7 code map in ``profile`` (default: the current one);
+        ``overrides`` set any field."""
         sizes = pick(smoke=dict(n_layers=2, hidden=8), quick=dict(n_layers=6, hidden=32),
                      full=dict(n_layers=12, hidden=128), profile=profile)
-        return cls(vocab_size=vocab_size, **{**sizes, **changes})
+        return cls(vocab_size=vocab_size, **{**sizes, **overrides})
 
 
 # ----------------------------------------------------------------------------- masks and masked convs

@@ -9,17 +9,20 @@ and its P output vectors sit between the GPT's start token and the video tokens.
 
 What is in it:
 
-- ``VideoPriorConfig`` / ``VideoPrior``: the embeddings, blocks, key/value cache and head of
-  ``vqlib.priors.gpt.GPT``, fed the sequence ``[start, caption vectors (P), video tokens (L)]``; only the
-  video tokens are predicted. ``nll`` for training, ``forward`` with the GPT contract, and
-  ``sample``, which draws one token at a time, each conditioned on the caption and on every token
-  drawn before it (seed 004's sampler drew every position from one forward pass).
+- ``VideoPriorConfig`` / ``VideoPrior``: a ``vqlib.priors.gpt.GPT`` that reads the caption's
+  vectors as its ``context``, so the transformer sees ``[start, caption vectors (P), video tokens
+  (L)]`` and only the video tokens are predicted. ``nll`` for training, ``forward`` with the GPT
+  contract, and ``sample``, which draws one token at a time, each conditioned on the caption and
+  on every token drawn before it (seed 004's sampler drew every position from one forward pass).
+  ``video_prior_loss`` is the training loss (the recipe is ``vqlib.recipes.ch09_video_generation``);
+  ``vqlib.priors.base.bits_per_dim`` scores it, with the caption ids as ``cond``.
 - One model, three uses: unconditional samples (the empty caption), continuation (the tokens of
   the first frames are given), caption-conditioned samples. While training, ``caption_dropout``
   replaces a fraction of the captions by the empty caption, as classifier-free guidance does
   (Ho & Salimans 2021), so the model also learns p(video) without a text.
 - ``prompt_indices``: the tokens of the first k frames, computed from those frames only;
-  ``continue_video`` continues clips from their first frames; ``copy_last_frame`` is the baseline.
+  ``continue_video`` continues clips from their first frames; ``copy_last_frame`` is the baseline;
+  ``check_prompt`` is their input check.
 - ``sample(..., guidance=w)``: classifier-free guidance, which the caption dropout makes possible.
 
 Left out: cross-attention (the caption is a prefix), and the sparse axial attention with which
@@ -31,23 +34,18 @@ clip, L = t·h·w video tokens, P caption words, E embedding width (``n_embd``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from vqlib.core.inference import in_batches
+from vqlib.core.inference import evaluating, in_batches
 from vqlib.core.profile import pick
-from vqlib.priors.base import check_sampling, check_tokens, sample_from_logits
+from vqlib.priors.base import check_sampling, check_tokens, sample_from_logits, split_batch
 from vqlib.priors.gpt import GPT, GPTConfig, KVCache
 from vqlib.priors.text import CaptionTokenizer, TextEncoder, TextEncoderConfig, check_words
-from vqlib.training.checkpoints import checkpoint_path
-from vqlib.training.loop import History, TrainConfig, fit
 
 
 @dataclass(frozen=True)
@@ -91,13 +89,14 @@ class VideoPriorConfig:
     @classmethod
     def for_profile(cls, vocab_size: int, latent_shape: tuple[int, int, int],
                     tokenizer: CaptionTokenizer | None = None, profile: str | None = None,
-                    **changes) -> "VideoPriorConfig":
-        """The book's size for ``profile``; with a caption ``tokenizer`` the prior reads captions."""
+                    **overrides) -> "VideoPriorConfig":
+        """The book's size for ``profile``; with a caption ``tokenizer`` the prior reads captions.
+        ``overrides`` set any field."""
         sizes = pick(smoke=dict(n_layer=1, n_head=2, n_embd=16, text_layers=1),
                      quick=dict(n_layer=3, n_head=4, n_embd=64, text_layers=1),
                      full=dict(n_layer=8, n_head=8, n_embd=256, text_layers=2, dropout=0.1), profile=profile)
         text = dict(words=tokenizer.words, caption_length=tokenizer.length, caption_dropout=0.1) if tokenizer else {}
-        return cls(vocab_size=vocab_size, latent_shape=tuple(latent_shape), **{**sizes, **text, **changes})
+        return cls(vocab_size=vocab_size, latent_shape=tuple(latent_shape), **{**sizes, **text, **overrides})
 
 
 def to_sequence(indices: torch.Tensor) -> torch.Tensor:
@@ -111,7 +110,7 @@ def to_grid(tokens: torch.Tensor, latent_shape: tuple[int, int, int]) -> torch.T
 
 
 class VideoPrior(nn.Module):
-    """p(video tokens | caption): a GPT whose context is [start, caption vectors]. See the module docstring."""
+    """p(video tokens | caption): a GPT whose context is the caption's vectors. See the module docstring."""
 
     def __init__(self, config: VideoPriorConfig) -> None:
         super().__init__()
@@ -124,6 +123,11 @@ class VideoPrior(nn.Module):
             self.text = TextEncoder(TextEncoderConfig(len(config.words), config.caption_length, config.text_layers,
                                                       config.n_head, config.n_embd, config.dropout))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are: inputs built here (word ids, tokens) go there."""
+        return next(self.parameters()).device
+
     # ------------------------------------------------------------------ inputs
     def caption_tokens(self, captions: Sequence[str] | None, n: int) -> torch.Tensor | None:
         """n captions -> word ids (n, P), None -> n empty captions; None for a prior without captions."""
@@ -134,7 +138,7 @@ class VideoPrior(nn.Module):
         captions = [""] * n if captions is None else [captions] if isinstance(captions, str) else list(captions)
         if len(captions) != n:
             raise ValueError(f"expected one caption per sample, {n} in all, got {len(captions)}")
-        return self.tokenizer.encode(captions).to(self.gpt.tok_emb.weight.device)  # (n, P)
+        return self.tokenizer.encode(captions).to(self.device)  # (n, P)
 
     def _text(self, text: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """Caption word ids (B, P), or None (empty captions for a captioned prior): checked, on device."""
@@ -144,7 +148,7 @@ class VideoPrior(nn.Module):
             return None
         if text is None:
             return torch.zeros(batch, self.config.caption_length, dtype=torch.long,
-                               device=self.gpt.tok_emb.weight.device)  # (B, P) the empty caption
+                               device=self.device)  # (B, P) the empty caption
         check_words(text, len(self.config.words), self.config.caption_length)
         if len(text) != batch:
             raise ValueError(f"expected caption tokens for {batch} clips, got {len(text)}")
@@ -157,31 +161,15 @@ class VideoPrior(nn.Module):
                              f"L = {self.config.tokens} tokens (a grid of {self.config.latent_shape})")
 
     # ------------------------------------------------------------------ the transformer
-    def context(self, text: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """What comes before the video tokens: the start token, then the caption's vectors. -> (B, 1 + P, E)"""
-        start = self.gpt.context(None, batch)  # (B, 1, E)
-        return start if text is None else torch.cat([start, self.text(text)], dim=1)  # (B, 1 + P, E)
-
-    def _logits(self, tokens: torch.Tensor, text: torch.Tensor | None,
-                caches: list[KVCache] | None = None) -> torch.Tensor:
-        """GPT._logits with a longer context: (B, L') -> (B, 1 + P + L', K) when nothing is cached
-        (row P predicts video token 0), else (B, L', K) for the L' new tokens."""
-        gpt = self.gpt
-        past = len(caches[0]) if caches else 0
-        x = gpt.tok_emb(tokens)  # (B, L', E)
-        if past == 0:
-            x = torch.cat([self.context(text, len(tokens)), x], dim=1)  # (B, 1 + P + L', E)
-        positions = torch.arange(past, past + x.shape[1], device=x.device)
-        x = gpt.drop(x + gpt.pos_emb(positions))
-        for block, cache in zip(gpt.blocks, caches or [None] * len(gpt.blocks)):
-            x = block(x, cache)
-        return gpt.head(gpt.ln_f(x))  # (B, ·, K)
+    def context(self, text: torch.Tensor | None) -> torch.Tensor | None:
+        """The GPT's ``context``: the caption's vectors (B, P, E) from word ids (B, P); None without captions."""
+        return None if text is None else self.text(text)
 
     def forward(self, tokens: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """Video tokens (B, L') in raster order, L' <= L, and caption ids (B, P) -> logits (B, L', K);
         logits[:, i] predicts token i + 1 (the GPT contract)."""
         self._check(tokens)
-        return self._logits(tokens, self._text(text, len(tokens)))[:, 1 + self.config.caption_length:]
+        return self.gpt(tokens, context=self.context(self._text(text, len(tokens))))
 
     def nll(self, indices: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """Negative log-likelihood in nats per token of whole clips: grids (B, t, h, w), caption ids (B, P) -> (B,)."""
@@ -189,9 +177,7 @@ class VideoPrior(nn.Module):
         if tuple(indices.shape[1:]) != self.config.latent_shape:
             raise ValueError(f"expected grids of codes (B, {self.config.latent_shape}), got {tuple(indices.shape)}")
         tokens = to_sequence(indices)  # (B, L)
-        logits = self._logits(tokens[:, :-1], self._text(text, len(tokens)))  # (B, 1 + P + L - 1, K)
-        logits = logits[:, self.config.caption_length:]  # (B, L, K): row i predicts token i
-        return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(1)
+        return self.gpt.nll(tokens, context=self.context(self._text(text, len(tokens))))
 
     @torch.no_grad()
     def sample(self, n: int, captions: Sequence[str] | None = None, prompt: torch.Tensor | None = None,
@@ -213,7 +199,7 @@ class VideoPrior(nn.Module):
         if not guidance >= 0:
             raise ValueError(f"guidance must be >= 0 (1 = plain conditional sampling), got {guidance}")
         t, h, w = self.config.latent_shape
-        device = self.gpt.tok_emb.weight.device
+        device = self.device
         text = self.caption_tokens(captions, n)  # (n, P) or None
         tokens = torch.zeros(n, 0, dtype=torch.long, device=device)  # (n, 0)
         if prompt is not None:
@@ -227,69 +213,35 @@ class VideoPrior(nn.Module):
             tokens = to_sequence(prompt).to(device)  # (n, t'·h·w)
         if guided:  # rows n..2n-1: the same clips with the empty caption
             text, tokens = torch.cat([text, torch.zeros_like(text)]), tokens.repeat(2, 1)  # (2n, P), (2n, ·)
-        was_training = self.training
-        self.eval()
-        try:
-            caches = [KVCache() for _ in self.gpt.blocks] if use_cache else None
+        with evaluating(self):
+            context = self.context(text)  # (n or 2n, P, E) or None
+            caches = [KVCache() for _ in range(self.config.n_layer)] if use_cache else None
             new = tokens  # what the cache has not seen yet
             while tokens.shape[1] < self.config.tokens:
-                logits = self._logits(new if use_cache else tokens, text, caches)[:, -1]  # (n or 2n, K)
+                logits = self.gpt.next_logits(new if use_cache else tokens, context=context,
+                                              caches=caches)  # (n or 2n, K)
                 if guided:
                     with_caption, empty = logits.chunk(2)  # (n, K) each
                     logits = empty + guidance * (with_caption - empty)
                 new = sample_from_logits(logits, temperature, top_k)[:, None]  # (n, 1)
                 new = new.repeat(2, 1) if guided else new
                 tokens = torch.cat([tokens, new], dim=1)  # (n or 2n, i + 1)
-        finally:
-            self.train(was_training)
         return to_grid(tokens[:n], self.config.latent_shape)  # (n, t, h, w)
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- the training loss
 
 def video_prior_loss(model: VideoPrior, batch: tuple) -> Mapping[str, torch.Tensor]:
-    """Loss for ``vqlib.training.loop.fit`` on a batch (grids,) or (grids, caption ids): mean NLL per token."""
-    indices, text = batch[0], (batch[1] if len(batch) > 1 else None)
+    """Loss for ``vqlib.training.loop.fit`` on a batch (grids,) or (grids, caption ids): mean NLL per token.
+
+    While training, ``config.caption_dropout`` of the captions are replaced by the empty caption.
+    """
+    indices, text = split_batch(batch)
     if text is not None and model.training and model.config.caption_dropout > 0:
         drop = torch.rand(len(text), device=text.device) < model.config.caption_dropout  # (B,)
         text = text.masked_fill(drop[:, None], 0)  # the empty caption: P pads
     loss = model.nll(indices, text).mean()
-    return {"loss": loss, "bits_per_token": loss.detach() / math.log(2)}
-
-
-@torch.no_grad()
-def bits_per_token(model: VideoPrior, indices: torch.Tensor, captions: Sequence[str] | None = None,
-                   batch_size: int = 250) -> float:
-    """Mean negative log2-likelihood per video token of grids (N, t, h, w), given their captions
-    (None: the empty caption). A uniform prior scores log2 K."""
-    if len(indices) == 0:
-        raise ValueError("bits_per_token needs at least one clip, got an empty batch")
-    text = model.caption_tokens(captions, len(indices))  # (N, P) or None
-    device = model.gpt.tok_emb.weight.device
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    try:
-        for start in range(0, len(indices), batch_size):
-            part = slice(start, start + batch_size)
-            total += float(model.nll(indices[part].to(device), None if text is None else text[part]).double().sum())
-    finally:
-        model.train(was_training)
-    return total / len(indices) / math.log(2)
-
-
-def train_video_prior(model: VideoPrior, indices: torch.Tensor, captions: Sequence[str] | None,
-                      config: TrainConfig, name: str, progress: bool | None = None) -> History:
-    """Train ``model`` on grids of codes (N, t, h, w) and their captions with ``fit`` (or load it).
-
-    The checkpoint is keyed by both configs and a digest of the codes and captions, so codes of a
-    retrained tokenizer train a new prior.
-    """
-    text = model.caption_tokens(captions, len(indices))
-    data = TensorDataset(indices) if text is None else TensorDataset(indices, text.cpu())
-    digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in data.tensors)).hexdigest()[:16]
-    return fit(model, video_prior_loss, data, config, progress=progress,
-               checkpoint=checkpoint_path(name, model.config, config, {"data": digest}))
+    return {"loss": loss, "bits_per_dim": loss.detach() / math.log(2)}
 
 
 # ----------------------------------------------------------------------------- continuation
@@ -302,18 +254,18 @@ def temporal_stride(tokenizer: nn.Module, frames: int) -> int:
     return frames // t
 
 
-def check_video(videos: torch.Tensor, name: str = "videos") -> None:
-    """Raise unless ``videos`` is a non-empty float (B, T, C, S, S) tensor."""
-    if not torch.is_tensor(videos) or not videos.is_floating_point():
-        got = videos.dtype if torch.is_tensor(videos) else type(videos).__name__
-        raise TypeError(f"{name} must be float (B, T, C, S, S) in [0, 1], got {got}")
-    if videos.dim() != 5 or videos.shape[0] == 0 or videos.shape[1] == 0:
-        raise ValueError(f"{name} must have shape (B, T, C, S, S) with B, T >= 1, got {tuple(videos.shape)}")
+def check_prompt(prompt: torch.Tensor) -> None:
+    """Raise unless ``prompt``, the first frames of clips, is a non-empty float (B, T, C, S, S) tensor."""
+    if not torch.is_tensor(prompt) or not prompt.is_floating_point():
+        got = prompt.dtype if torch.is_tensor(prompt) else type(prompt).__name__
+        raise TypeError(f"prompt must be float (B, T, C, S, S) in [0, 1], got {got}")
+    if prompt.dim() != 5 or prompt.shape[0] == 0 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must have shape (B, T, C, S, S) with B, T >= 1, got {tuple(prompt.shape)}")
 
 
 def pad_with_last_frame(prompt: torch.Tensor, frames: int) -> torch.Tensor:
     """Repeat the last frame of prompt (B, k, C, S, S) up to (B, frames, C, S, S)."""
-    check_video(prompt, "prompt")
+    check_prompt(prompt)
     k = prompt.shape[1]
     if k > frames:
         raise ValueError(f"a prompt of {k} frames is longer than the {frames} frames asked for")
@@ -332,7 +284,7 @@ def prompt_indices(tokenizer: nn.Module, prompt: torch.Tensor, frames: int) -> t
     """
     s = temporal_stride(tokenizer, frames)
     k = prompt.shape[1] if prompt.dim() == 5 else 0
-    check_video(prompt, "prompt")
+    check_prompt(prompt)
     if k % s:
         raise ValueError(f"the tokenizer codes {s} frames per latent frame, so a prompt must hold a multiple of "
                          f"{s} frames; got {k} (use the first {k - k % s or s} frames)")
@@ -353,6 +305,6 @@ def continue_video(prior: VideoPrior, tokenizer: nn.Module, prompt: torch.Tensor
     (so the first k frames are the tokenizer's reconstruction of the prompt).
     """
     codes = prompt_indices(tokenizer, prompt, frames)  # (B, k/s, h, w)
-    grid = prior.sample(len(prompt), captions=captions, prompt=codes.to(prior.gpt.tok_emb.weight.device),
+    grid = prior.sample(len(prompt), captions=captions, prompt=codes.to(prior.device),
                         temperature=temperature, top_k=top_k, guidance=guidance)  # (B, t, h, w)
     return in_batches(lambda g: tokenizer.decode(g).clamp(0, 1), tokenizer, grid.cpu())  # (B, T, C, S, S)

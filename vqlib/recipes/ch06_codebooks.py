@@ -1,64 +1,32 @@
-"""Chapter 6's comparison: the Chapter 2 MNIST VQ-VAE trained with each quantizer of the book.
+"""Chapter 6: the Chapter 2 MNIST VQ-VAE trained with each quantizer of the book, compared.
 
-What is in it: ``build_quantizer`` (a quantizer from a kind and its options), ``joint_indices``
-(one integer per position, also for residual VQ, whose code is a tuple of S indices),
-``vqlib.tokenizers.vqvae.evaluate`` scores the models (PSNR, usage and perplexity of joint codes, bits per image),
-``train_mnist_codebook`` (train once per configuration, then load from the checkpoint cache), and
-the comparison of chapter 6: ``COMPARED`` (ten quantizers at 8 bits per position), the model and
-training budget shared by all of them (``comparison_model``, ``comparison_training``) and
-``train_comparison``.
+What is in it: ``train_mnist_codebook`` (the Chapter 2 VQ-VAE with the quantizer
+``vqlib.quantizers.factory.make_quantizer(kind, D, **options)``, trained once per configuration,
+then loaded from the checkpoint cache, scored by ``vqlib.tokenizers.vqvae.evaluate_vqvae``: PSNR,
+usage and perplexity of joint codes, bits per image) and the comparison of chapter 6:
+``COMPARED`` (ten quantizers at 8 bits per position), the model and training budget shared by all
+of them (``comparison_model``, ``comparison_training``) and ``train_comparison``.
 
-Kinds: "vq" (codebook by gradient, van den Oord et al. 2017), "ema" (EMA codebook; data init, k-means
-init and dead-code restarts are options), "l2" (factorized l2-normalised codes, ViT-VQGAN), "rotation" (a
-"vq" or "ema" quantizer with the rotation trick), "residual" (residual VQ), "fsq", "lfq".
+The kinds of quantizer are those of ``vqlib.quantizers.factory``; a residual quantizer's code
+is a tuple of S indices, counted as one integer per position (``vqlib.quantizers.vector.joint_indices``).
 
 Dimension key: B batch, S stages, D code dim, h w code-map height and width, K codebook size.
 """
 
 from __future__ import annotations
 
-from torch import nn
-
 from vqlib.core.profile import pick, seed_everything
-from vqlib.quantizers.factorized import FactorizedQuantizer
-from vqlib.quantizers.fsq import FiniteScalarQuantizer
-from vqlib.quantizers.lfq import LookupFreeQuantizer
-from vqlib.quantizers.residual import ResidualVectorQuantizer
-from vqlib.quantizers.rotation import RotationTrickQuantizer
-from vqlib.quantizers.vector import (
-    EMAVectorQuantizer,
-    VectorQuantizer,
-    codes_per_position,
-    joint_indices,  # noqa: F401 (re-exported)
-)
+from vqlib.quantizers.factory import make_quantizer
+from vqlib.quantizers.vector import joint_indices  # noqa: F401 (re-exported)
 from vqlib.recipes.ch02_vqvae import vqvae_train_config
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, vqvae_loss
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate_vqvae, vqvae_loss
 from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.loop import History, fit, split_overrides
-
-KINDS = ("vq", "ema", "l2", "rotation", "residual", "fsq", "lfq")
-
-
-def build_quantizer(kind: str, code_dim: int, **options) -> nn.Module:
-    """A quantizer for latents with ``code_dim`` channels; ``options`` are its constructor's arguments.
-
-    "rotation" takes ``inner`` ("vq" or "ema", default "vq") and the options of that quantizer.
-    """
-    if kind == "rotation":
-        inner = options.pop("inner", "vq")
-        if inner not in ("vq", "ema"):
-            raise ValueError(f"the rotation trick wraps inner='vq' or 'ema', got {inner!r}")
-        return RotationTrickQuantizer(build_quantizer(inner, code_dim, **options))
-    classes = {"vq": VectorQuantizer, "ema": EMAVectorQuantizer, "l2": FactorizedQuantizer,
-               "residual": ResidualVectorQuantizer, "fsq": FiniteScalarQuantizer, "lfq": LookupFreeQuantizer}
-    if kind not in classes:
-        raise ValueError(f"unknown quantizer kind {kind!r}: expected one of {KINDS}")
-    return classes[kind](code_dim=code_dim, **options)
 
 
 def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | None = None,
                          **overrides) -> tuple[VQVAE, History]:
-    """The Chapter 2 MNIST VQ-VAE with the quantizer ``build_quantizer(kind, D, **options)``.
+    """The Chapter 2 MNIST VQ-VAE with the quantizer ``make_quantizer(kind, D, **options)``.
 
     ``overrides`` set fields of VQVAEConfig (the encoder and decoder) or TrainConfig. Trained once
     per profile and configuration, then loaded from the cache. Stops by steps only. Returns the
@@ -71,9 +39,9 @@ def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | 
     config = VQVAEConfig.for_profile(profile, in_channels=1, **model_overrides)
     train_config = vqvae_train_config(profile, **{"max_seconds": None, **train_overrides})
     seed_everything(train_config.seed)
-    model = VQVAE(config, quantizer=build_quantizer(kind, config.code_dim, **options))
+    model = VQVAE(config, quantizer=make_quantizer(kind, config.code_dim, **options))
     test, train = mnist("test", profile=profile), mnist("train", profile=profile)
-    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate(m, test),
+    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate_vqvae(m, test),
                   checkpoint=checkpoint_path(f"codebooks-{kind}", config, {"kind": kind, **options}, train_config,
                                              data=train, profile=profile))
     return model, history

@@ -1,10 +1,11 @@
-"""Training and scoring video tokenizers, and chapter 8's Moving MNIST recipes.
+"""Chapter 8: training and scoring video tokenizers, and the Moving MNIST recipes.
 
-What is in it: ``psnr_per_frame``, ``reconstruct``, ``frame_psnr`` and ``evaluate_video`` (PSNR per
-frame, codebook usage, perplexity); ``train_video_vqvae`` (``vqlib.training.loop.fit`` with the VQ-VAE
-loss, cached by name, configs, profile and a digest of the training set); chapter 8's clips
-(``CLIP_SIZES``, ``moving_mnist_clips``), its three tokenizers at equal bits
-(``equal_bits_configs``) and the recipes of ``scripts/train.py``.
+What is in it: ``psnr_per_frame``, ``reconstruct_with_indices`` (reconstructions and code grids of
+many clips) and ``evaluate_video_vqvae`` (PSNR per frame, codebook usage, perplexity);
+``train_video_vqvae`` (``vqlib.training.loop.fit`` with the VQ-VAE loss, cached by name, configs,
+profile and a digest of the training set); chapter 8's clips (``CLIP_SIZES``,
+``moving_mnist_clips``), its three tokenizers at equal bits (``equal_bits_configs``) and the
+recipes of ``scripts/train.py``.
 
 Dimension key: N clips, T frames, C channels, H W frame size, t h w code-grid size.
 """
@@ -12,7 +13,6 @@ Dimension key: N clips, T frames, C channels, H W frame size, t h w code-grid si
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from typing import Callable
 
@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from vqlib.core.inference import evaluating
 from vqlib.core.metrics import code_counts, codebook_usage, perplexity
 from vqlib.core.profile import pick, seed_everything
-from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig, check_videos
+from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig
 from vqlib.tokenizers.vqvae import vqvae_loss
-from vqlib.training.checkpoints import checkpoint_path
+from vqlib.training.checkpoints import checkpoint_path, data_digest
 from vqlib.training.loop import History, TrainConfig, fit
 
 
@@ -38,32 +39,23 @@ def psnr_per_frame(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruct(model: nn.Module, videos: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_hat (N, T, C, H, W), indices (N, t, h, w)) of ``videos`` in eval mode, in batches."""
-    was_training = model.training
-    model.eval()
+def reconstruct_with_indices(model: nn.Module, videos: torch.Tensor,
+                             batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat (N, T, C, H, W), indices (N, t, h, w)) of ``videos`` from one forward pass in eval mode, in batches."""
     device = next(model.parameters()).device
     x_hats, indices = [], []
-    try:
+    with evaluating(model):
         for start in range(0, len(videos), batch_size):
             out = model(videos[start:start + batch_size].to(device))
             x_hats.append(out.x_hat.cpu())
             indices.append(out.indices.cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(x_hats), torch.cat(indices)
 
 
 @torch.no_grad()
-def frame_psnr(model: nn.Module, videos: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Mean PSNR at each frame index over ``videos`` (N, T, C, H, W): -> (T,)."""
-    return psnr_per_frame(videos, reconstruct(model, videos, batch_size)[0]).mean(0)
-
-
-@torch.no_grad()
-def evaluate_video(model: nn.Module, videos: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+def evaluate_video_vqvae(model: nn.Module, videos: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
     """Mean per-frame PSNR (dB), codebook usage and perplexity over all of ``videos``."""
-    x_hat, indices = reconstruct(model, videos, batch_size)
+    x_hat, indices = reconstruct_with_indices(model, videos, batch_size)
     counts = code_counts(indices, model.config.codebook_size)
     return {"psnr": psnr_per_frame(videos, x_hat).mean().item(), "usage": codebook_usage(counts),
             "perplexity": perplexity(counts)}
@@ -75,12 +67,6 @@ def video_train_config(profile: str | None = None, **overrides) -> TrainConfig:
                     lr=2e-3, cosine=True, warmup_steps=pick(0, 20, 500, profile=profile),
                     log_every=pick(2, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
-
-
-def fingerprint(videos: torch.Tensor) -> dict:
-    """A short digest of a training set, so that another set never loads this one's checkpoint."""
-    digest = hashlib.sha256(videos.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
-    return {"shape": list(videos.shape), "sha256": digest}
 
 
 def train_video_vqvae(videos_train: torch.Tensor, config: VideoVQVAEConfig, name: str,
@@ -98,12 +84,12 @@ def train_video_vqvae(videos_train: torch.Tensor, config: VideoVQVAEConfig, name
     train_config = video_train_config(profile, **train_overrides)
     seed_everything(train_config.seed)
     model = model_class(config)
-    check_videos(videos_train, config, 1 if frame_wise else config.time_downsample)
+    model.check_input(videos_train)
     eval_fn: Callable | None = None
     if eval_videos is not None:
-        check_videos(eval_videos, config, 1 if frame_wise else config.time_downsample)
-        eval_fn = lambda m: evaluate_video(m, eval_videos)  # noqa: E731
-    path = checkpoint_path(name, config, train_config, fingerprint(videos_train), profile=profile)
+        model.check_input(eval_videos)
+        eval_fn = lambda m: evaluate_video_vqvae(m, eval_videos)  # noqa: E731
+    path = checkpoint_path(name, config, train_config, {"data": data_digest(videos_train)}, profile=profile)
     history = fit(model, vqvae_loss, TensorDataset(videos_train), train_config, eval_fn=eval_fn,
                   checkpoint=path, progress=progress)
     return model, history

@@ -13,7 +13,8 @@ What is in it:
   ``"conv3d"``: 3D convolutions throughout (VideoGPT);
   ``"attention"``: 2D convolutions on each frame, then self-attention across frames at each
   position and strided temporal convolutions in the bottleneck (a factorised (2+1)D design).
-- ``VideoVQVAE``: videos (B, T, C, S, S) -> codes (B, t, h, w) -> videos, with ``encode``/``decode``.
+- ``VideoVQVAE``: videos (B, T, C, S, S) -> codes (B, t, h, w) -> videos, with ``encode``/``decode``
+  (the encode -> quantize -> decode shell of ``vqlib.tokenizers.base``); ``check_videos``, its input check.
 - ``FrameVQVAE``: the baseline that codes every frame on its own with the chapter 2 ``VQVAE``
   (no temporal modelling: t = T), with the same interface.
 Training, scores and chapter 8's recipes are in ``vqlib.recipes.ch08_video_tokenizers``.
@@ -30,14 +31,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from vqlib.core.nn import check_dtype
 from vqlib.core.profile import pick
-from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput, inference_indices
+from vqlib.quantizers.factory import make_quantizer
+from vqlib.tokenizers.base import Tokenizer, TokenizerOutput, check_index_rank
 from vqlib.tokenizers.vqvae import VQVAE, Decoder, Encoder, VQVAEConfig
 
 TEMPORAL = ("conv3d", "attention")
@@ -115,14 +116,6 @@ class VideoVQVAEConfig:
         return math.prod(self.latent_shape) * math.log2(self.codebook_size)
 
 
-class VideoVQVAEOutput(NamedTuple):
-    x_hat: torch.Tensor  # (B, T, C, H, W) reconstruction (no sigmoid: linear output, as in chapter 2)
-    loss: torch.Tensor  # () the quantizer's loss only; the reconstruction loss is the caller's choice
-    indices: torch.Tensor  # (B, t, h, w) long code grid
-    z_e: torch.Tensor  # (B, D, t, h, w) encoder output
-    z_q: torch.Tensor  # (B, D, t, h, w) quantised, with the straight-through gradient
-
-
 # ----------------------------------------------------------------------------- 3D blocks
 
 class ResBlock3d(nn.Module):
@@ -170,7 +163,7 @@ def _ladder(config: VideoVQVAEConfig) -> list[int]:
 class Encoder3d(nn.Module):
     """VideoGPT's encoder: strided Conv3d (÷2 in time and/or space), Conv3d 3³, residual blocks, 1³ to D.
 
-    (B, C, T, H, W) -> (B, D, t, h, w).
+    videos (B, T, C, H, W) -> (B, D, t, h, w).
     """
 
     def __init__(self, config: VideoVQVAEConfig) -> None:
@@ -183,13 +176,13 @@ class Encoder3d(nn.Module):
                                  nn.Conv3d(config.hidden, config.code_dim, kernel_size=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, D, t, h, w)
+        return self.net(x.transpose(1, 2))  # (B, D, t, h, w) from (B, C, T, H, W)
 
 
 class Decoder3d(nn.Module):
     """Conv3d 3³ from D, residual blocks, transposed Conv3d (×2 in time and/or space); linear output.
 
-    (B, D, t, h, w) -> (B, C, T, H, W).
+    (B, D, t, h, w) -> videos (B, T, C, H, W).
     """
 
     def __init__(self, config: VideoVQVAEConfig) -> None:
@@ -202,7 +195,7 @@ class Decoder3d(nn.Module):
                                  *ups[:-1])  # no ReLU after the last layer
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.net(z_q)  # (B, C, T, H, W)
+        return self.net(z_q).transpose(1, 2)  # (B, T, C, H, W) from (B, C, T, H, W)
 
 
 # ----------------------------------------------------------------------------- (2+1)D blocks
@@ -250,7 +243,7 @@ def per_frame(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class EncoderAttention(nn.Module):
     """2D encoder on each frame (chapter 2), attention across frames, strided temporal convolutions, 1³ to D.
 
-    (B, C, T, H, W) -> (B, D, t, h, w).
+    videos (B, T, C, H, W) -> (B, D, t, h, w).
     """
 
     def __init__(self, config: VideoVQVAEConfig) -> None:
@@ -264,14 +257,14 @@ class EncoderAttention(nn.Module):
         self.project = nn.Conv3d(config.hidden, config.code_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.attention(per_frame(self.frame, x))  # (B, F, T, h, w)
+        z = self.attention(per_frame(self.frame, x.transpose(1, 2)))  # (B, F, T, h, w)
         return self.project(self.time(z))  # (B, D, t, h, w)
 
 
 class DecoderAttention(nn.Module):
     """1³ from D, transposed temporal convolutions, attention across frames, 2D decoder on each frame.
 
-    (B, D, t, h, w) -> (B, C, T, H, W).
+    (B, D, t, h, w) -> videos (B, T, C, H, W).
     """
 
     def __init__(self, config: VideoVQVAEConfig) -> None:
@@ -287,7 +280,7 @@ class DecoderAttention(nn.Module):
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
         z = self.attention(self.time(self.project(z_q)))  # (B, F, T, h, w)
-        return per_frame(self.frame, z)  # (B, C, T, H, W)
+        return per_frame(self.frame, z).transpose(1, 2)  # (B, T, C, H, W)
 
 
 # ----------------------------------------------------------------------------- the models
@@ -324,25 +317,21 @@ def check_videos(x: torch.Tensor, config: VideoVQVAEConfig, time_factor: int, ma
                          + ("; divide 8-bit frames by 255" if high > 2 else ""))
 
 
-def check_indices(indices: torch.Tensor) -> None:
-    if not torch.is_tensor(indices) or indices.dim() != 4:
-        raise ValueError(f"indices must be a (B, t, h, w) code grid, got "
-                         f"{tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__}")
+class VideoVQVAE(Tokenizer):
+    """videos (B, T, C, H, W) in [0, 1] -> TokenizerOutput(x_hat, loss, indices (B, t, h, w), z_e, z_q).
 
-
-class VideoVQVAE(nn.Module):
-    """videos (B, T, C, H, W) in [0, 1] -> VideoVQVAEOutput(x_hat, loss, indices (B, t, h, w), z_e, z_q).
-
-    T must be a multiple of ft and H, W multiples of fs (any size for temporal="conv3d"; at most
-    ``config.frames`` frames for "attention", whose frame positions are learned).
+    ``encode``: videos -> indices (B, t, h, w); ``decode``: indices -> videos (B, t·ft, C, h·fs, w·fs)
+    (``vqlib.tokenizers.base.Tokenizer``). T must be a multiple of ft and H, W multiples of fs
+    (any size for temporal="conv3d"; at most ``config.frames`` frames for "attention", whose frame
+    positions are learned).
     """
 
     def __init__(self, config: VideoVQVAEConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder3d(config) if config.temporal == "conv3d" else EncoderAttention(config)
-        self.quantizer = EMAVectorQuantizer(config.codebook_size, config.code_dim, beta=config.beta,
-                                            decay=config.decay)
+        self.quantizer = make_quantizer("ema", config.code_dim, codebook_size=config.codebook_size, beta=config.beta,
+                                        decay=config.decay)
         self.decoder = Decoder3d(config) if config.temporal == "conv3d" else DecoderAttention(config)
 
     @property
@@ -350,35 +339,21 @@ class VideoVQVAE(nn.Module):
         """(t, h, w) of the code grid of a clip of config.frames frames of config.frame_size pixels."""
         return self.config.latent_shape
 
-    def check(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
         check_videos(x, self.config, self.config.time_downsample,
                      self.config.frames if self.config.temporal == "attention" else None, next(self.parameters()).dtype)
 
-    def forward(self, x: torch.Tensor) -> VideoVQVAEOutput:
-        self.check(x)
-        z_e = self.encoder(x.transpose(1, 2))  # (B, D, t, h, w) from (B, C, T, H, W)
-        q: QuantizerOutput = self.quantizer(z_e)
-        x_hat = self.decoder(q.z_q).transpose(1, 2)  # (B, T, C, H, W)
-        return VideoVQVAEOutput(x_hat, q.loss, q.indices, z_e, q.z_q)
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """videos (B, T, C, H, W) -> indices (B, t, h, w). No gradient; the codebook never changes."""
-        self.check(x)
-        return inference_indices(self.quantizer, self.encoder(x.transpose(1, 2)))
-
-    @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, t, h, w) long -> videos (B, t·ft, C, h·fs, w·fs)."""
-        check_indices(indices)
-        return self.decoder(self.quantizer.decode_indices(indices)).transpose(1, 2)
+    def check_index_shape(self, indices: torch.Tensor) -> None:
+        check_index_rank(indices, 4, "(B, t, h, w) code grid")
 
 
 class FrameVQVAE(nn.Module):
     """The frame-by-frame baseline: chapter 2's VQVAE on every frame, no temporal modelling.
 
-    videos (B, T, C, H, W) -> VideoVQVAEOutput(x_hat, loss, indices (B, T, h, w), z_e, z_q (B, D, T, h, w)).
-    The config must have time_downsample=1 (one code map per frame); ``temporal`` is not used.
+    videos (B, T, C, H, W) -> TokenizerOutput(x_hat, loss, indices (B, T, h, w), z_e, z_q (B, D, T, h, w)),
+    with ``encode`` and ``decode`` as ``VideoVQVAE``'s. The encode -> quantize -> decode shell is
+    the inner ``VQVAE``'s (``self.vqvae``), which sees the frames as one batch of images. The
+    config must have time_downsample=1 (one code map per frame); ``temporal`` is not used.
     """
 
     def __init__(self, config: VideoVQVAEConfig) -> None:
@@ -393,28 +368,31 @@ class FrameVQVAE(nn.Module):
     def latent_shape(self) -> tuple[int, int, int]:
         return self.config.latent_shape
 
-    def forward(self, x: torch.Tensor) -> VideoVQVAEOutput:
+    def check_input(self, x: torch.Tensor) -> None:
         check_videos(x, self.config, 1)
+
+    def check_index_shape(self, indices: torch.Tensor) -> None:
+        check_index_rank(indices, 4, "(B, T, h, w) code grid")
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        self.check_input(x)
         b, t = x.shape[:2]
         out = self.vqvae(x.flatten(0, 1))  # frames as a batch: (B·T, C, H, W)
         z_e, z_q = (z.view(b, t, *z.shape[1:]).transpose(1, 2) for z in (out.z_e, out.z_q))  # (B, D, T, h, w)
-        return VideoVQVAEOutput(out.x_hat.view(x.shape), out.loss, out.indices.view(b, t, *out.indices.shape[1:]),
-                                z_e, z_q)
+        return TokenizerOutput(out.x_hat.view(x.shape), out.loss, out.indices.view(b, t, *out.indices.shape[1:]),
+                               z_e, z_q)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """videos (B, T, C, H, W) -> indices (B, T, h, w)."""
-        check_videos(x, self.config, 1)
+        self.check_input(x)
         indices = self.vqvae.encode(x.flatten(0, 1))  # (B·T, h, w)
         return indices.view(x.shape[0], x.shape[1], *indices.shape[1:])
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (B, T, h, w) long -> videos (B, T, C, h·fs, w·fs)."""
-        check_indices(indices)
+        self.check_index_shape(indices)
         b, t = indices.shape[:2]
         frames = self.vqvae.decode(indices.flatten(0, 1))  # (B·T, C, H, W)
         return frames.view(b, t, *frames.shape[1:])
-
-
-# ----------------------------------------------------------------------------- training and evaluation

@@ -6,7 +6,7 @@ diffusion model of Ho et al. 2020). Compared with the VQ-VAE of chapter 2 the ne
 and normalised: every residual block is GroupNorm, swish, 3×3 convolution, twice; the lowest
 resolution has a self-attention block, so every code can see the whole image; and downsampling
 and upsampling are a strided convolution and nearest-neighbour doubling plus a convolution.
-The quantizer comes from ``vqlib.quantizers.vector``; β weighs the *commitment* term
+The quantizer comes from ``vqlib.quantizers.factory``; β weighs the *commitment* term
 β·‖z_e - sg[z_q]‖², which keeps the encoder near its codes (eq. 4 of the paper). Some public
 releases put β on the codebook term instead: the tests pin the right one.
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,8 @@ from torch import nn
 
 from vqlib.core.nn import check_images
 from vqlib.core.profile import pick
-from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, inference_indices
+from vqlib.quantizers.factory import make_quantizer
+from vqlib.tokenizers.base import Tokenizer, check_index_rank
 
 QUANTIZERS = ("vq", "ema")
 
@@ -84,14 +84,6 @@ class VQGANConfig:
                                 code_dim=32),
                      full=dict(channel_mult=(1, 1, 2, 2, 4)), profile=profile)
         return cls(**{**sizes, "quantizer": "ema", **overrides})
-
-
-class VQGANOutput(NamedTuple):
-    x_hat: torch.Tensor  # (B, C, H, W) reconstruction (no sigmoid)
-    loss: torch.Tensor  # () the quantizer's loss only
-    indices: torch.Tensor  # (B, h, w) long code map
-    z_e: torch.Tensor  # (B, D, h, w) encoder output
-    z_q: torch.Tensor  # (B, D, h, w) quantised, with the straight-through gradient
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -208,21 +200,20 @@ class Decoder(nn.Module):
 
 # ----------------------------------------------------------------------------- the model
 
-def make_quantizer(config: VQGANConfig) -> nn.Module:
-    """The quantizer named by ``config.quantizer``; β is always the commitment weight."""
-    if config.quantizer == "ema":
-        return EMAVectorQuantizer(config.codebook_size, config.code_dim, beta=config.beta, decay=config.decay)
-    return VectorQuantizer(config.codebook_size, config.code_dim, beta=config.beta)
+class VQGAN(Tokenizer):
+    """x (B, C, H, W), H and W multiples of f -> TokenizerOutput(x_hat, loss, indices (B, h, w), z_e, z_q).
 
-
-class VQGAN(nn.Module):
-    """x (B, C, H, W), H and W multiples of f -> VQGANOutput(x_hat, loss, indices (B, h, w), z_e, z_q)."""
+    ``encode``: x -> indices (B, h, w); ``decode``: indices -> x_hat (B, C, h·f, w·f)
+    (``vqlib.tokenizers.base.Tokenizer``). β is always the commitment weight.
+    """
 
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
-        self.quantizer = make_quantizer(config)
+        ema = dict(decay=config.decay) if config.quantizer == "ema" else {}
+        self.quantizer = make_quantizer(config.quantizer, config.code_dim, codebook_size=config.codebook_size,
+                                        beta=config.beta, **ema)
         self.decoder = Decoder(config)
 
     @property
@@ -230,27 +221,9 @@ class VQGAN(nn.Module):
         """The decoder's last weight, where the adaptive weight λ compares gradients."""
         return self.decoder.conv_out.weight
 
-    def check_images(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of f."""
         check_images(x, self.config.in_channels, self.config.downsample, dtype=next(self.parameters()).dtype)
 
-    def forward(self, x: torch.Tensor) -> VQGANOutput:
-        self.check_images(x)
-        z_e = self.encoder(x)  # (B, D, h, w)
-        q: QuantizerOutput = self.quantizer(z_e)
-        return VQGANOutput(self.decoder(q.z_q), q.loss, q.indices, z_e, q.z_q)
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) -> indices (B, h, w). No gradient; the codebook never changes."""
-        self.check_images(x)
-        return inference_indices(self.quantizer, self.encoder(x))
-
-    @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, h, w) long -> x_hat (B, C, h·f, w·f)."""
-        if not torch.is_tensor(indices) or indices.dim() != 3:
-            raise ValueError(f"indices must be a (B, h, w) code map, got "
-                             f"{tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__}")
-        return self.decoder(self.quantizer.decode_indices(indices))
-
+    def check_index_shape(self, indices: torch.Tensor) -> None:
+        check_index_rank(indices, 3, "(B, h, w) code map")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +34,9 @@ from vqlib.core.metrics import code_counts, codebook_usage, perplexity, psnr
 from vqlib.core.nn import check_images, downsample, res_stack, upsample
 from vqlib.core.inference import evaluating
 from vqlib.core.profile import pick
-from vqlib.quantizers.vector import (
-    EMAVectorQuantizer,
-    QuantizerOutput,
-    VectorQuantizer,
-    codes_per_position,
-    inference_indices,
-    joint_indices,
-)
+from vqlib.quantizers.factory import make_quantizer
+from vqlib.quantizers.vector import codes_per_position, joint_indices
+from vqlib.tokenizers.base import Tokenizer, check_index_rank
 
 QUANTIZERS = ("ema", "vq")
 
@@ -80,14 +74,6 @@ class VQVAEConfig:
                      quick=dict(hidden=64, res_hidden=32, res_blocks=2, codebook_size=512, code_dim=32),
                      full=dict(), profile=profile)
         return cls(**{**sizes, **overrides})
-
-
-class VQVAEOutput(NamedTuple):
-    x_hat: torch.Tensor  # (B, C, H, W) reconstruction (no sigmoid)
-    loss: torch.Tensor  # () the quantizer's loss only; the reconstruction loss is the caller's choice
-    indices: torch.Tensor  # (B, h, w) long code map
-    z_e: torch.Tensor  # (B, D, h, w) encoder output
-    z_q: torch.Tensor  # (B, D, h, w) quantised, with the straight-through gradient
 
 
 def channel_ladder(config: VQVAEConfig) -> list[int]:
@@ -139,55 +125,44 @@ class Decoder(nn.Module):
         return self.net(z_q)  # (B, C, H, W)
 
 
-def make_quantizer(config: VQVAEConfig) -> nn.Module:
-    """The quantizer named by ``config.quantizer``."""
+def quantizer_options(config: VQVAEConfig) -> dict:
+    """The options of ``make_quantizer(config.quantizer, config.code_dim, **options)`` for this config."""
+    options = dict(codebook_size=config.codebook_size, beta=config.beta)
     if config.quantizer == "ema":
-        return EMAVectorQuantizer(config.codebook_size, config.code_dim, beta=config.beta, decay=config.decay,
-                                  data_init=config.data_init, restart_threshold=config.restart_threshold)
-    return VectorQuantizer(config.codebook_size, config.code_dim, beta=config.beta)
+        options.update(decay=config.decay, data_init=config.data_init, restart_threshold=config.restart_threshold)
+    return options
 
 
-class VQVAE(nn.Module):
-    """x (B, C, H, W), H and W multiples of f -> VQVAEOutput(x_hat, loss, indices (B, h, w), z_e, z_q).
+class VQVAE(Tokenizer):
+    """x (B, C, H, W), H and W multiples of f -> TokenizerOutput(x_hat, loss, indices (B, h, w), z_e, z_q).
 
-    ``quantizer`` (optional) replaces the one ``config.quantizer`` names: any module that takes
-    (B, D, h, w) latents with D = ``config.code_dim``, returns a ``QuantizerOutput`` and has
-    ``decode_indices`` (chapter 6 compares several). A residual quantizer's indices carry a stage
-    axis, (B, S, h, w).
+    ``encode``: x -> indices (B, h, w); ``decode``: indices -> x_hat (B, C, h·f, w·f)
+    (``vqlib.tokenizers.base.Tokenizer``). ``quantizer`` (optional) replaces the one
+    ``config.quantizer`` names: any module that takes (B, D, h, w) latents with D =
+    ``config.code_dim``, returns a ``QuantizerOutput`` and has ``decode_indices`` (chapter 6
+    compares several). A residual quantizer's indices carry a stage axis, (B, S, h, w).
     """
 
     def __init__(self, config: VQVAEConfig, quantizer: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
-        self.quantizer = make_quantizer(config) if quantizer is None else quantizer
+        if quantizer is None:
+            quantizer = make_quantizer(config.quantizer, config.code_dim, **quantizer_options(config))
+        self.quantizer = quantizer
         self.decoder = Decoder(config)
 
-    def check_images(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of f."""
         check_images(x, self.config.in_channels, self.config.downsample, dtype=next(self.parameters()).dtype)
 
-    def forward(self, x: torch.Tensor) -> VQVAEOutput:
-        self.check_images(x)
-        z_e = self.encoder(x)  # (B, D, h, w)
-        q: QuantizerOutput = self.quantizer(z_e)
-        x_hat = self.decoder(q.z_q)  # (B, C, H, W)
-        return VQVAEOutput(x_hat, q.loss, q.indices, z_e, q.z_q)
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) -> indices (B, h, w). Inference only: no gradient, the codebook never changes."""
-        self.check_images(x)
-        return inference_indices(self.quantizer, self.encoder(x))
-
-    @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, h, w) long (or (B, S, h, w) for a quantizer of S stages) -> x_hat (B, C, h·f, w·f)."""
+    def check_index_shape(self, indices: torch.Tensor) -> None:
+        """indices must be (B, h, w), or (B, S, h, w) for a quantizer of S stages."""
         stages = getattr(self.quantizer, "num_stages", None)
-        if not torch.is_tensor(indices) or indices.dim() != (3 if stages is None else 4):
-            raise ValueError(f"indices must be a {'(B, h, w)' if stages is None else f'(B, S={stages}, h, w)'} code map, got "
-                             f"{tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__}")
-        return self.decoder(self.quantizer.decode_indices(indices))
+        if stages is None:
+            check_index_rank(indices, 3, "(B, h, w) code map")
+        else:
+            check_index_rank(indices, 4, f"(B, S={stages}, h, w) code map")
 
 
 # ----------------------------------------------------------------------------- loss and evaluation
@@ -201,7 +176,7 @@ def vqvae_loss(model: VQVAE, batch: tuple) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: VQVAE, data: TensorDataset, batch_size: int = 500) -> dict[str, float]:
+def evaluate_vqvae(model: VQVAE, data: TensorDataset, batch_size: int = 500) -> dict[str, float]:
     """Over all of ``data``: PSNR (dB, outputs clipped to [0, 1]), codebook usage and perplexity
     (of the joint code of a position, see ``vqlib.quantizers.vector.joint_indices``), and bits per image,
     h·w·log2(codes per position)."""

@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.core.inference import evaluating
 from vqlib.core.nn import check_images, upsample
 from vqlib.core.profile import pick
 from vqlib.priors.base import check_sampling, check_tokens
 from vqlib.priors.gpt import GPT, GPTConfig
-from vqlib.quantizers.vector import EMAVectorQuantizer, QuantizerOutput
+from vqlib.quantizers.factory import make_quantizer
+from vqlib.quantizers.vector import QuantizerOutput
+from vqlib.tokenizers.base import TokenizerOutput, check_index_rank
 from vqlib.tokenizers.vqvae import Decoder, Encoder, VQVAEConfig
 
 
@@ -70,17 +72,11 @@ class VQVAE2Config:
                            codebook_size=self.codebook_size, beta=self.beta, decay=self.decay)
 
 
-class VQVAE2Output(NamedTuple):
-    x_hat: torch.Tensor  # (B, C, H, W) reconstruction (no sigmoid)
-    loss: torch.Tensor  # () both quantizers' losses; the reconstruction loss is the caller's choice
-    top_indices: torch.Tensor  # (B, ht, wt) long
-    bottom_indices: torch.Tensor  # (B, h, w) long
-    z_e_top: torch.Tensor  # (B, D, ht, wt) top encoder output
-    z_e_bottom: torch.Tensor  # (B, D, h, w) bottom encoder output (after conditioning on the top)
-
-
 class VQVAE2(nn.Module):
-    """x (B, C, H, W), H and W multiples of 8 -> VQVAE2Output (see the module docstring)."""
+    """x (B, C, H, W), H and W multiples of 8 -> TokenizerOutput(x_hat, loss, indices, z_e, z_q) with
+    one entry per level, top first: indices (top (B, ht, wt), bottom (B, h, w)), z_e and z_q
+    ((B, D, ht, wt), (B, D, h, w)); loss is both quantizers' losses. See the module docstring.
+    """
 
     def __init__(self, config: VQVAE2Config) -> None:
         super().__init__()
@@ -88,14 +84,16 @@ class VQVAE2(nn.Module):
         c, f, d = config.in_channels, config.hidden, config.code_dim
         self.encoder_bottom = Encoder(config.part(c, f, downsample=4))  # x -> features at H/4
         self.encoder_top = Encoder(config.part(f, d, downsample=2))  # features at H/4 -> z_e_top at H/8
-        self.quantizer_top = EMAVectorQuantizer(config.codebook_size, d, beta=config.beta, decay=config.decay)
+        self.quantizer_top = make_quantizer("ema", d, codebook_size=config.codebook_size, beta=config.beta,
+                                            decay=config.decay)
         self.decoder_top = Decoder(config.part(d, d, downsample=2))  # z_q_top -> (B, D, h, w), conditions the bottom
         self.to_bottom = nn.Conv2d(f + d, d, kernel_size=1)  # [features, decoded top] -> z_e_bottom
-        self.quantizer_bottom = EMAVectorQuantizer(config.codebook_size, d, beta=config.beta, decay=config.decay)
+        self.quantizer_bottom = make_quantizer("ema", d, codebook_size=config.codebook_size, beta=config.beta,
+                                               decay=config.decay)
         self.upsample_top = upsample(d, d)  # z_q_top -> (B, D, h, w) for the decoder
         self.decoder = Decoder(config.part(c, 2 * d, downsample=4))  # [top, bottom] -> x_hat
 
-    def check_images(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, C, H, W) batch with H, W multiples of 8."""
         check_images(x, self.config.in_channels, 8, why="the top codes' downsampling factor",
                      dtype=next(self.parameters()).dtype)
@@ -108,11 +106,12 @@ class VQVAE2(nn.Module):
         z_e_bottom = self.to_bottom(torch.cat([features, self.decoder_top(top.z_q)], dim=1))  # (B, D, h, w)
         return z_e_top, top, z_e_bottom, self.quantizer_bottom(z_e_bottom)
 
-    def forward(self, x: torch.Tensor) -> VQVAE2Output:
-        self.check_images(x)
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        self.check_input(x)
         z_e_top, top, z_e_bottom, bottom = self.quantize(x)
         x_hat = self.decode_latents(top.z_q, bottom.z_q)  # (B, C, H, W)
-        return VQVAE2Output(x_hat, top.loss + bottom.loss, top.indices, bottom.indices, z_e_top, z_e_bottom)
+        return TokenizerOutput(x_hat, top.loss + bottom.loss, (top.indices, bottom.indices), (z_e_top, z_e_bottom),
+                               (top.z_q, bottom.z_q))
 
     def decode_latents(self, z_q_top: torch.Tensor, z_q_bottom: torch.Tensor) -> torch.Tensor:
         """z_q_top (B, D, ht, wt), z_q_bottom (B, D, h, w) -> x_hat (B, C, H, W)."""
@@ -121,22 +120,16 @@ class VQVAE2(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> (top_indices (B, ht, wt), bottom_indices (B, h, w)). No codebook update."""
-        self.check_images(x)
-        training = self.training
-        self.eval()  # EMA quantizers in training mode would update their codebooks
-        try:
+        self.check_input(x)
+        with evaluating(self):  # EMA quantizers in training mode would update their codebooks
             _, top, _, bottom = self.quantize(x)
-        finally:
-            self.train(training)
         return top.indices, bottom.indices
 
     @torch.no_grad()
     def decode(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """top (B, ht, wt), bottom (B, 2·ht, 2·wt) long -> x_hat (B, C, 8·ht, 8·wt)."""
         for name, t in (("top", top), ("bottom", bottom)):
-            if not torch.is_tensor(t) or t.dim() != 3:
-                raise ValueError(f"{name} must be a (B, h, w) code map, got "
-                                 f"{tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}")
+            check_index_rank(t, 3, "(B, h, w) code map", name=name)
         b, ht, wt = top.shape
         if bottom.shape != (b, 2 * ht, 2 * wt):
             raise ValueError(f"the bottom code map must be twice the top map's size: top {tuple(top.shape)} needs "
