@@ -39,32 +39,25 @@ from vqlib.losses.discriminator import PatchGAN, PatchGANConfig
 from vqlib.losses.perceptual import PerceptualLoss
 from vqlib.priors.base import prior_loss
 from vqlib.priors.gpt import GPT, GPTConfig
-from vqlib.priors.maskgit import MaskGIT, MaskGITConfig, maskgit_loss, mnist_maskgit_train_config
+from vqlib.priors.maskgit import MaskGIT, MaskGITConfig, maskgit_loss
 from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
 from vqlib.priors.text import CaptionTokenizer
 from vqlib.priors.video_prior import VideoPrior, VideoPriorConfig, video_prior_loss
-from vqlib.recipes.ch05_vqgan import (
-    VQGANLoss,
-    fit_vqgan,
-    image_size,
-    vqgan_loss_config,
-    vqgan_train_config,
-)
-from vqlib.recipes.ch06_codebooks import COMPARED, build_quantizer, comparison_model, comparison_training
+from vqlib.losses.vqgan import VQGANLoss
+from vqlib.quantizers.factory import make_quantizer
+from vqlib.recipes.ch01_vae import vae_train_config
+from vqlib.recipes.ch02_vqvae import vqvae_train_config
+from vqlib.recipes.ch04_vqvae2 import photo_train_config, prior_train_config
+from vqlib.recipes.ch05_vqgan import image_size, vqgan_loss_config, vqgan_train_config
+from vqlib.recipes.ch06_codebooks import COMPARED, comparison_model, comparison_training
+from vqlib.recipes.ch07_maskgit import mnist_maskgit_train_config
 from vqlib.recipes.ch08_video_tokenizers import equal_bits_configs, video_train_config
 from vqlib.tokenizers.vae import VAE, Autoencoder, VAEConfig, negative_elbo, reconstruction_loss
-from vqlib.tokenizers.vae import mnist_train_config as vae_train_config
 from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig
 from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, mnist_train_config, vqvae_loss
-from vqlib.tokenizers.vqvae2 import (
-    VQVAE2,
-    BottomPrior,
-    VQVAE2Config,
-    equal_bits_codebook_size,
-    photo_train_config,
-    prior_train_config,
-)
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, vqvae_loss
+from vqlib.tokenizers.vqvae2 import VQVAE2, BottomPrior, VQVAE2Config, equal_bits_codebook_size
+from vqlib.training.gan import GANStep
 from vqlib.training.loop import History, TrainConfig, fit
 
 FULL = "full"
@@ -150,7 +143,7 @@ def autoencoder() -> FullRun:
 
 
 def mnist_vqvae() -> FullRun:
-    return FullRun(VQVAE(VQVAEConfig.for_profile(FULL, in_channels=1)), mnist_train_config(FULL),
+    return FullRun(VQVAE(VQVAEConfig.for_profile(FULL, in_channels=1)), vqvae_train_config(FULL),
                    lambda n: (_images(n, 1, 28),), vqvae_loss, _roundtrip)
 
 
@@ -234,7 +227,7 @@ def photo_vqgan() -> FullRun:
 
     size = image_size(FULL)
     return FullRun(VQGAN(VQGANConfig.for_profile(FULL)), train_config, lambda n: (_images(n, 3, size),), loss_fn,
-                   _roundtrip, criterion=criterion, amp=False)  # fit_vqgan has no mixed precision
+                   _roundtrip, criterion=criterion, amp=False)  # as the recipe: the VQGAN trains in float32
 
 
 def photo_vqgan_prior() -> FullRun:
@@ -251,8 +244,8 @@ def photo_vqgan_prior() -> FullRun:
 def mnist_codebook(name: str) -> FullRun:
     kind, options = COMPARED[name]
     config = VQVAEConfig.for_profile(FULL, in_channels=1, **comparison_model(FULL))
-    train_config = mnist_train_config(FULL, **{"max_seconds": None, **comparison_training(FULL)})
-    model = VQVAE(config, quantizer=build_quantizer(kind, config.code_dim, **options))
+    train_config = vqvae_train_config(FULL, **{"max_seconds": None, **comparison_training(FULL)})
+    model = VQVAE(config, quantizer=make_quantizer(kind, config.code_dim, **options))
     return FullRun(model, train_config, lambda n: (_images(n, 1, 28),), vqvae_loss, _roundtrip)
 
 
@@ -356,9 +349,8 @@ def train_steps(run: FullRun, steps: int, batch_size: int, device: torch.device 
     config = dataclasses.replace(run.train_config, steps=steps, batch_size=batch_size, log_every=1, eval_every=0,
                                  max_seconds=None, checkpoint_every=10**9)
     data = TensorDataset(*run.example(batch_size))
-    if run.criterion is not None:  # VQGAN: two optimisers, its own loop
-        return fit_vqgan(run.model, run.criterion, data, config, device=device, progress=False)
-    return fit(run.model, run.loss_fn, data, config, device=device, progress=False)
+    step = GANStep(run.criterion) if run.criterion is not None else run.loss_fn  # VQGAN: two optimisers
+    return fit(run.model, step, data, config, device=device, progress=False)
 
 
 @torch.no_grad()

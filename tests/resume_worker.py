@@ -23,7 +23,7 @@ from vqlib.core import distributed
 from vqlib.core.profile import seed_everything
 from vqlib.data.mnist import mnist
 from vqlib.recipes.ch02_vqvae import vqvae_train_config
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, vqvae_loss
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate_vqvae, vqvae_loss
 from vqlib.training.loop import fit
 
 EVERY = 7  # checkpoint interval, in steps
@@ -36,7 +36,7 @@ def run(out: Path, checkpoint: Path, steps: int, stop_at: int | None, loss_fn=vq
     seed_everything(train_config.seed)
     model = VQVAE(config)
     test = mnist("test", profile="smoke")
-    fit(model, loss_fn, mnist("train", profile="smoke"), train_config, eval_fn=lambda m: evaluate(m, test),
+    fit(model, loss_fn, mnist("train", profile="smoke"), train_config, eval_fn=lambda m: evaluate_vqvae(m, test),
         checkpoint=checkpoint, device="cpu", progress=False, stop_at=stop_at)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     if distributed.is_main():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from vqlib.core.profile import pick, seed_everything
 from vqlib.data.mnist import mnist
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate, vqvae_loss
+from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, evaluate_vqvae, vqvae_loss
 from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.loop import History, TrainConfig, fit, split_overrides
 
@@ -36,6 +36,6 @@ def train_mnist_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, H
     seed_everything(train_config.seed)
     model = VQVAE(config)
     test, train = mnist("test", profile=profile), mnist("train", profile=profile)
-    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate(m, test),
+    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate_vqvae(m, test),
                   checkpoint=checkpoint_path("mnist-vqvae", config, train_config, data=train, profile=profile))
     return model, history
