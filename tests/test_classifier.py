@@ -3,14 +3,8 @@
 import pytest
 import torch
 
-from vqlib.judges.classifier import (
-    Classifier,
-    ClassifierConfig,
-    accuracy,
-    classifier_loss,
-    features,
-    train_mnist_classifier,
-)
+from vqlib.judges.classifier import (Classifier, ClassifierConfig, accuracy, classifier_loss, features,
+                                     train_mnist_classifier)
 
 
 def test_shapes_and_features():

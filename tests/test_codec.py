@@ -7,17 +7,8 @@ import pytest
 import torch
 
 from vqlib.book import plot
-from vqlib.judges.codec import (
-    bits_per_pixel,
-    bpp_at_psnr,
-    entropy_code_bits,
-    h264_roundtrip,
-    header_bits,
-    match_psnr,
-    rate_distortion,
-    uniform_code_bits,
-    video_psnr,
-)
+from vqlib.judges.codec import (bits_per_pixel, bpp_at_psnr, entropy_code_bits, h264_roundtrip, header_bits,
+                                match_psnr, rate_distortion, uniform_code_bits, video_psnr)
 
 av = pytest.importorskip("av")
 

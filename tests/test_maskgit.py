@@ -10,16 +10,8 @@ import torch
 from vqlib.core.compute import count_forward_calls, step_flops
 from vqlib.priors.base import prior_loss
 from vqlib.priors.gpt import GPT, GPTConfig
-from vqlib.priors.maskgit import (
-    MaskGIT,
-    MaskGITConfig,
-    gamma,
-    mask_counts,
-    masked_bits,
-    masked_cross_entropy,
-    maskgit_loss,
-    random_mask,
-)
+from vqlib.priors.maskgit import (MaskGIT, MaskGITConfig, gamma, mask_counts, masked_bits, masked_cross_entropy,
+                                  maskgit_loss, random_mask)
 from vqlib.recipes.ch07_maskgit import holdout_split
 from vqlib.training.loop import TrainConfig, fit
 

@@ -5,15 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqlib.quantizers.vector import (
-    EMAVectorQuantizer,
-    QuantizerOutput,
-    VectorQuantizer,
-    kmeans,
-    nearest_code,
-    straight_through,
-    straight_through_with_loss,
-)
+from vqlib.quantizers.vector import (EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, kmeans, nearest_code,
+                                     straight_through, straight_through_with_loss)
 
 QUANTIZERS = [VectorQuantizer, EMAVectorQuantizer]
 EXACT = "donot_use_mm_for_euclid_dist"  # cdist by differences, not by the expanded square

@@ -4,17 +4,8 @@ import pytest
 import torch
 
 from vqlib.data.mnist import caption, moving_mnist
-from vqlib.judges.tracker import (
-    Tracker,
-    TrackerConfig,
-    caption_match,
-    logits_to_states,
-    motion_states,
-    read_states,
-    states_to_caption,
-    tracker_loss,
-    train_tracker,
-)
+from vqlib.judges.tracker import (Tracker, TrackerConfig, caption_match, logits_to_states, motion_states, read_states,
+                                  states_to_caption, tracker_loss, train_tracker)
 from vqlib.training.loop import TrainConfig
 
 T, S = 4, 16

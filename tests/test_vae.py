@@ -9,19 +9,9 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from vqlib.tokenizers.vae import (
-    VAE,
-    Autoencoder,
-    VAEConfig,
-    active_units,
-    bernoulli_log_likelihood,
-    gaussian_kl,
-    importance_log_likelihood,
-    kl_per_dim,
-    negative_elbo,
-    reconstruction_loss,
-    reparameterize,
-)
+from vqlib.tokenizers.vae import (VAE, Autoencoder, VAEConfig, active_units, bernoulli_log_likelihood, gaussian_kl,
+                                  importance_log_likelihood, kl_per_dim, negative_elbo, reconstruction_loss,
+                                  reparameterize)
 from vqlib.recipes.ch01_vae import _initialised, train_mnist_vae
 
 TINY = VAEConfig(latent_dim=3, hidden=(16,))

@@ -8,13 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from vqlib.book import plot
-from vqlib.recipes.ch08_video_tokenizers import (
-    equal_bits_configs,
-    evaluate_video_vqvae,
-    psnr_per_frame,
-    reconstruct_with_indices,
-    train_video_vqvae,
-)
+from vqlib.recipes.ch08_video_tokenizers import (equal_bits_configs, evaluate_video_vqvae, psnr_per_frame,
+                                                 reconstruct_with_indices, train_video_vqvae)
 from vqlib.tokenizers.base import TokenizerOutput
 from vqlib.tokenizers.video import FrameVQVAE, TemporalAttention, VideoVQVAE, VideoVQVAEConfig
 from vqlib.tokenizers.vqvae import vqvae_loss

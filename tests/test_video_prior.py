@@ -15,17 +15,8 @@ from torch import nn
 from vqlib.priors.base import bits_per_dim
 from vqlib.priors.gpt import GPT
 from vqlib.priors.text import CaptionTokenizer
-from vqlib.priors.video_prior import (
-    VideoPrior,
-    VideoPriorConfig,
-    continue_video,
-    copy_last_frame,
-    prompt_indices,
-    temporal_stride,
-    to_grid,
-    to_sequence,
-    video_prior_loss,
-)
+from vqlib.priors.video_prior import (VideoPrior, VideoPriorConfig, continue_video, copy_last_frame, prompt_indices,
+                                      temporal_stride, to_grid, to_sequence, video_prior_loss)
 from vqlib.recipes.ch09_video_generation import train_video_prior
 from vqlib.training.loop import TrainConfig
 

@@ -25,19 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqlib.quantizers.vector import (
-    QuantizerOutput,
-    check_finite_loss,
-    check_latents,
-    check_sizes,
-    decode,
-    from_vectors,
-    nearest_code,
-    project,
-    project_float32,
-    straight_through_with_loss,
-    to_vectors,
-)
+from vqlib.quantizers.vector import (QuantizerOutput, check_finite_loss, check_latents, check_sizes, decode,
+                                     from_vectors, nearest_code, project, project_float32, straight_through_with_loss,
+                                     to_vectors)
 
 
 class FactorizedQuantizer(nn.Module):

@@ -29,16 +29,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from vqlib.quantizers.vector import (
-    QuantizerOutput,
-    check_finite_loss,
-    check_indices,
-    check_latents,
-    from_vectors,
-    project,
-    project_float32,
-    to_vectors,
-)
+from vqlib.quantizers.vector import (QuantizerOutput, check_finite_loss, check_indices, check_latents, from_vectors,
+                                     project, project_float32, to_vectors)
 
 
 def check_levels(levels: Sequence[int]) -> tuple[int, ...]:

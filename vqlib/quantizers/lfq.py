@@ -31,17 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqlib.quantizers.vector import (
-    QuantizerOutput,
-    check_finite_loss,
-    check_indices,
-    check_latents,
-    from_vectors,
-    project,
-    project_float32,
-    straight_through_with_loss,
-    to_vectors,
-)
+from vqlib.quantizers.vector import (QuantizerOutput, check_finite_loss, check_indices, check_latents, from_vectors,
+                                     project, project_float32, straight_through_with_loss, to_vectors)
 
 MAX_BITS = 12  # the batch entropy is computed over all 2^d codes: (N, 2^d) probabilities
 

@@ -25,13 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vqlib.quantizers.vector import (
-    EMAVectorQuantizer,
-    QuantizerOutput,
-    at_least_float32,
-    check_latents,
-    straight_through,
-)
+from vqlib.quantizers.vector import (EMAVectorQuantizer, QuantizerOutput, at_least_float32, check_latents,
+                                     straight_through)
 
 
 class ResidualVectorQuantizer(nn.Module):

@@ -13,15 +13,8 @@ from torch import nn
 
 from vqlib.core.profile import pick
 from vqlib.data.mnist import mnist
-from vqlib.tokenizers.vae import (
-    VAE,
-    Autoencoder,
-    VAEConfig,
-    evaluate_autoencoder,
-    evaluate_vae,
-    negative_elbo,
-    reconstruction_loss,
-)
+from vqlib.tokenizers.vae import (VAE, Autoencoder, VAEConfig, evaluate_autoencoder, evaluate_vae, negative_elbo,
+                                  reconstruction_loss)
 from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.loop import History, TrainConfig, fit
 

@@ -171,6 +171,43 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------- the models
 
 
+class AEOutput(NamedTuple):
+    logits: torch.Tensor  # (B, C, H, W) Bernoulli logits of the reconstruction
+    z: torch.Tensor  # (B, D) the code, a deterministic function of x
+
+    @property
+    def x_hat(self) -> torch.Tensor:
+        """The reconstruction, sigmoid(logits), in [0, 1]. (B, C, H, W)"""
+        return torch.sigmoid(self.logits)
+
+
+class Autoencoder(nn.Module):
+    """The deterministic baseline: an MLP encoder and Bernoulli decoder with no noise and no prior.
+
+    The VAE below is this autoencoder with a wider code (mu and logvar) and a sampled z.
+    """
+
+    def __init__(self, config: VAEConfig, code_features: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config, out_features=code_features or config.latent_dim)  # (B, code_features)
+        self.decoder = Decoder(config)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) in [0, 1] -> code z (B, D)."""
+        check_images(x, self.config, next(self.parameters()).dtype)
+        return self.encoder(x)  # (B, D)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """code z (B, D) -> Bernoulli logits (B, C, H, W)."""
+        check_latents(z, self.config)
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        z = self.encode(x)  # (B, D)
+        return AEOutput(self.decoder(z), z)
+
+
 class VAEOutput(NamedTuple):
     logits: torch.Tensor  # (B, C, H, W) Bernoulli logits of p(x|z)
     mu: torch.Tensor  # (B, D) mean of q(z|x)
@@ -183,25 +220,16 @@ class VAEOutput(NamedTuple):
         return torch.sigmoid(self.logits)
 
 
-class VAE(nn.Module):
+class VAE(Autoencoder):
     """Encoder q(z|x), prior N(0, I), Bernoulli decoder p(x|z). See the module docstring."""
 
     def __init__(self, config: VAEConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.encoder = Encoder(config, out_features=2 * config.latent_dim)  # mu and logvar side by side
-        self.decoder = Decoder(config)
+        super().__init__(config, code_features=2 * config.latent_dim)  # mu and logvar side by side
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z|x): x (B, C, H, W) in [0, 1] -> mu (B, D), logvar (B, D)."""
-        check_images(x, self.config, next(self.parameters()).dtype)
-        mu, logvar = self.encoder(x).chunk(2, dim=1)  # (B, D) each
+        mu, logvar = super().encode(x).chunk(2, dim=1)  # (B, D) each
         return mu, logvar
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The Bernoulli logits of p(x|z): z (B, D) -> logits (B, C, H, W)."""
-        check_latents(z, self.config)
-        return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> VAEOutput:
         """x (B, C, H, W) in [0, 1] -> VAEOutput(logits, mu, logvar, z)."""
@@ -220,40 +248,6 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)  # (n, D)
         return torch.sigmoid(self.decoder(z))
-
-
-class AEOutput(NamedTuple):
-    logits: torch.Tensor  # (B, C, H, W) Bernoulli logits of the reconstruction
-    z: torch.Tensor  # (B, D) the code, a deterministic function of x
-
-    @property
-    def x_hat(self) -> torch.Tensor:
-        """The reconstruction, sigmoid(logits), in [0, 1]. (B, C, H, W)"""
-        return torch.sigmoid(self.logits)
-
-
-class Autoencoder(nn.Module):
-    """The deterministic baseline: the VAE's encoder and decoder with no noise and no prior."""
-
-    def __init__(self, config: VAEConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.encoder = Encoder(config, out_features=config.latent_dim)
-        self.decoder = Decoder(config)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) in [0, 1] -> code z (B, D)."""
-        check_images(x, self.config, next(self.parameters()).dtype)
-        return self.encoder(x)  # (B, D)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """code z (B, D) -> Bernoulli logits (B, C, H, W)."""
-        check_latents(z, self.config)
-        return self.decoder(z)
-
-    def forward(self, x: torch.Tensor) -> AEOutput:
-        z = self.encode(x)  # (B, D)
-        return AEOutput(self.decoder(z), z)
 
 
 # ----------------------------------------------------------------------------- objectives
