@@ -171,7 +171,7 @@ PHOTO = 128  # the side of chapter 4's full-profile photographs (vqlib.data.phot
 
 def photo_vqvae2() -> FullRun:
     return FullRun(VQVAE2(VQVAE2Config.for_profile(FULL)), photo_train_config(FULL),
-                   lambda n: (_images(n, 3, PHOTO),), vqvae_loss, lambda m, b: m.decode(*m.encode(b[0])))
+                   lambda n: (_images(n, 3, PHOTO),), vqvae_loss, lambda m, b: m.decode(m.encode(b[0])))
 
 
 def photo_vqvae() -> FullRun:

@@ -126,8 +126,12 @@ class VQVAE2(nn.Module):
         return top.indices, bottom.indices
 
     @torch.no_grad()
-    def decode(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
-        """top (B, ht, wt), bottom (B, 2·ht, 2·wt) long -> x_hat (B, C, 8·ht, 8·wt)."""
+    def decode(self, indices: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """What ``encode`` returns, (top (B, ht, wt), bottom (B, 2·ht, 2·wt)) long -> x_hat (B, C, 8·ht, 8·wt)."""
+        if not isinstance(indices, (tuple, list)) or len(indices) != 2:
+            got = type(indices).__name__ + (f" of {len(indices)}" if isinstance(indices, (tuple, list)) else "")
+            raise ValueError(f"indices must be the pair (top, bottom) of code maps that encode returns, got {got}")
+        top, bottom = indices
         for name, t in (("top", top), ("bottom", bottom)):
             check_index_rank(t, 3, "(B, h, w) code map", name=name)
         b, ht, wt = top.shape
