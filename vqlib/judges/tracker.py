@@ -28,7 +28,6 @@ D directions (the state has D + 1 values).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -193,7 +192,7 @@ def train_tracker(data: MovingMNIST, config: TrackerConfig, train_config: TrainC
     states = motion_states(data.labels, data.directions, config.num_classes)  # (N, Q)
     eval_fn = None if test is None else (lambda m: {
         "clip_accuracy": caption_match(m, test.videos, test.labels, test.directions).float().mean().item()})
-    digest = {"data": hashlib.sha256(data.videos.numpy().tobytes() + states.numpy().tobytes()).hexdigest()[:16]}
-    history = fit(model, tracker_loss, TensorDataset(data.videos, states), train_config, eval_fn=eval_fn,
-                  progress=progress, checkpoint=checkpoint_path(name, config, train_config, digest))
+    train = TensorDataset(data.videos, states)
+    history = fit(model, tracker_loss, train, train_config, eval_fn=eval_fn,
+                  progress=progress, checkpoint=checkpoint_path(name, config, train_config, data=train))
     return model.eval(), history

@@ -15,7 +15,6 @@ Dimension key: B batch, C channels, H W height and width, h w code map, N exampl
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import torch
 from torch import nn
@@ -32,7 +31,7 @@ from vqlib.losses.vqgan import VQGANLoss, VQGANLossConfig
 from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.recipes.ch03_priors import train_prior
 from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
-from vqlib.training.checkpoints import checkpoint_path
+from vqlib.training.checkpoints import checkpoint_path, data_digest
 from vqlib.training.gan import GANStep
 from vqlib.training.loop import History, TrainConfig, fit
 
@@ -69,10 +68,9 @@ def vqgan_loss_config(train_config: TrainConfig, **overrides) -> VQGANLossConfig
     return VQGANLossConfig(**{"disc_start": int(train_config.steps * WARM_UP), **overrides})
 
 
-def digest(module: nn.Module) -> str:
-    """A short hash of a module's weights: a checkpoint trained against them names them."""
-    blob = b"".join(t.detach().cpu().numpy().tobytes() for t in module.state_dict().values())
-    return hashlib.sha256(blob).hexdigest()[:16]
+def weights_digest(module: nn.Module) -> str:
+    """A short digest of a module's weights: a checkpoint trained against them names them."""
+    return data_digest(*module.state_dict().values())
 
 
 def train_photo_vqgan(profile: str | None = None, stop_at: int | None = None, **overrides) -> tuple[VQGAN, History]:
@@ -106,7 +104,8 @@ def train_photo_vqgan(profile: str | None = None, stop_at: int | None = None, **
     disc = PatchGAN(disc_config) if loss_config.disc_weight > 0 else None
     test = photos("test", size=size, profile=profile).tensors[0]
     key = {"disc": dataclasses.asdict(disc_config) if disc else None,
-           "perceptual": digest(perceptual.net) if perceptual else None, "judge": digest(judge)}
+           "perceptual": weights_digest(perceptual.net) if perceptual else None,
+           "judge": weights_digest(judge)}
     train = photos("train", size=size, profile=profile)
     history = fit(model, GANStep(VQGANLoss(loss_config, disc, perceptual)), train, train_config,
                   eval_fn=lambda m: reconstruction_scores(test, reconstruct(m, test), judge),
