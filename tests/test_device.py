@@ -136,3 +136,20 @@ def test_gpt_samples_on_the_device(device):
     assert torch.equal(predicted, tokens[:, 1:])
     drawn = gpt.sample(3, 12, cond=cond)  # with temperature 1: any tokens in range
     assert drawn.device.type == device.type and 0 <= int(drawn.min()) and int(drawn.max()) < 16
+
+
+def test_the_device_sentinel_catches_data_that_never_reached_the_models_device(monkeypatch):
+    """Under VQLIB_DEVICE_SENTINEL=1 to_device stands float64 in for the device: fit moves the model there,
+    data moved with to_device meets it, data left behind raises where CUDA would raise a device mismatch."""
+    monkeypatch.setenv("VQLIB_DEVICE_SENTINEL", "1")
+    model = VQVAE(VQVAEConfig(in_channels=1, hidden=16, res_hidden=8, res_blocks=1, codebook_size=32, code_dim=8))
+    x = torch.rand(8, 1, 16, 16)
+    fit(model, vqvae_loss, TensorDataset(x), TrainConfig(steps=1, batch_size=8), progress=False)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert to_device(torch.arange(3), "cpu").dtype == torch.int64  # integers keep their dtype
+    with torch.no_grad():
+        assert model(to_device(x, model_device(model))).x_hat.dtype == torch.float64
+        with pytest.raises(TypeError, match="VQLIB_DEVICE_SENTINEL: x never went through"):
+            model(x)
+    monkeypatch.setenv("VQLIB_DEVICE_SENTINEL", "0")
+    assert to_device(x, "cpu") is x  # off: a move to where x already is returns x itself

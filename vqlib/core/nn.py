@@ -18,12 +18,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vqlib.core.device import SENTINEL, sentinel_on
+
 
 def check_dtype(x: torch.Tensor, dtype: torch.dtype | None, name: str = "x") -> None:
     """Raise a TypeError unless x can meet weights of ``dtype``: the same dtype, or any float but float64
     under autocast (which casts both). ``dtype`` None: no check."""
     if dtype is None or x.dtype == dtype or (x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type)):
         return
+    if sentinel_on():  # the dtype stands in for the device (vqlib.core.device)
+        raise TypeError(f"{SENTINEL}: {name} never went through vqlib.core.device.to_device ({x.dtype}) but the "
+                        f"model did ({dtype}): on a GPU {name} would be on the CPU and the model on the GPU; "
+                        f"move {name} with to_device({name}, model_device(model))")
     raise TypeError(f"{name} is {x.dtype} but the model's weights are {dtype}: convert the input with "
                     f"{name}.to({dtype})" + (f" (i.e. {name}.float())" if dtype == torch.float32 else ""))
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.core.device import model_device, to_device
 from vqlib.core.inference import evaluating
 
 
@@ -130,11 +131,11 @@ def bits_per_dim(model: nn.Module, tokens: torch.Tensor, cond: torch.Tensor | No
     """
     if len(tokens) == 0:
         raise ValueError("bits_per_dim needs at least one sequence of tokens, got an empty batch")
-    device = next(model.parameters()).device
+    device = model_device(model)
     total = 0.0
     with evaluating(model):
         for start in range(0, len(tokens), batch_size):
             part = slice(start, start + batch_size)
-            c = None if cond is None else cond[part].to(device)
-            total += float(model.nll(tokens[part].to(device), c).double().sum())
+            c = None if cond is None else to_device(cond[part], device)
+            total += float(model.nll(to_device(tokens[part], device), c).double().sum())
     return total / len(tokens) / math.log(2)

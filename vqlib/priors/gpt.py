@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.core.device import to_device
 from vqlib.core.profile import pick
 from vqlib.priors.base import check_cond, check_sampling, check_tokens, sample_from_logits
 
@@ -254,9 +255,9 @@ class GPT(nn.Module):
                 raise ValueError(f"prefix must have shape ({n}, P') with P' <= length={length}, "
                                  f"got {tuple(prefix.shape)}")
         device = self.tok_emb.weight.device
-        tokens = prefix.to(device)  # (n, P')
-        cond = None if cond is None else cond.to(device)
-        context = None if context is None else context.to(device)
+        tokens = to_device(prefix, device)  # (n, P')
+        cond = None if cond is None else to_device(cond, device)
+        context = None if context is None else to_device(context, device)
         caches = [KVCache() for _ in self.blocks] if use_cache else None
         new = tokens  # what the cache has not seen yet
         while tokens.shape[1] < length:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.core.device import model_device, to_device
 from vqlib.core.inference import evaluating
 from vqlib.core.profile import pick
 from vqlib.priors.base import check_cond, check_sampling, sample_from_logits, split_batch
@@ -168,15 +169,15 @@ def masked_bits(model: "MaskGIT", tokens: torch.Tensor, cond: torch.Tensor | Non
                 batch_size: int = 500) -> float:
     """Bits per masked token on ``tokens`` (N, L), with masks drawn from a fixed seed (comparable
     between evaluations). Not a likelihood: a masked model has no exact one."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     with evaluating(model):
         for start in range(0, len(tokens), batch_size):
             part = slice(start, start + batch_size)
-            c = None if cond is None else cond[part].to(device)
+            c = None if cond is None else to_device(cond[part], device)
             n = len(tokens[part])
-            total += float(masked_cross_entropy(model, tokens[part].to(device), c, generator)) * n
+            total += float(masked_cross_entropy(model, to_device(tokens[part], device), c, generator)) * n
             count += n
     return total / count / math.log(2)
 
@@ -264,13 +265,13 @@ class MaskGIT(nn.Module):
             self.check_tokens(tokens)
             if tokens.shape != (n, L):
                 raise ValueError(f"tokens must have shape ({n}, {L}) (n, block_size), got {tuple(tokens.shape)}")
-            tokens = tokens.to(device)
+            tokens = to_device(tokens, device)
         unknown = tokens == mask_id  # (n, L)
         n_masked = int(unknown.sum(1).min())
         if not torch.equal(unknown.sum(1), torch.full((n,), n_masked, device=device)):
             raise ValueError("every sequence in tokens must have the same number of masked positions")
         counts = mask_counts(n_masked, steps, schedule)  # checks 1 <= steps <= n_masked
-        cond = None if cond is None else cond.to(device)
+        cond = None if cond is None else to_device(cond, device)
         states = [tokens]
         for t, keep_masked in enumerate(counts):
             logits = self(tokens, cond)[unknown]  # (M, K) at the M masked positions: one network evaluation

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.core.device import to_device
 from vqlib.core.profile import pick
 from vqlib.priors.base import check_cond, check_sampling, check_tokens, is_integer, sample_from_logits
 
@@ -170,7 +171,7 @@ class PixelCNN(nn.Module):
         height, width = shape
         device = self.embed.weight.device
         tokens = torch.zeros(n, height, width, dtype=torch.long, device=device)
-        cond = None if cond is None else cond.to(device)
+        cond = None if cond is None else to_device(cond, device)
         for i in range(height):
             for j in range(width):
                 logits = self(tokens[:, : i + 1], cond)  # (n, K, i+1, W): rows below cannot matter

@@ -41,6 +41,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from vqlib.core.device import to_device
 from vqlib.core.inference import evaluating, in_batches
 from vqlib.core.profile import pick
 from vqlib.priors.base import check_sampling, check_tokens, sample_from_logits, split_batch
@@ -138,7 +139,7 @@ class VideoPrior(nn.Module):
         captions = [""] * n if captions is None else [captions] if isinstance(captions, str) else list(captions)
         if len(captions) != n:
             raise ValueError(f"expected one caption per sample, {n} in all, got {len(captions)}")
-        return self.tokenizer.encode(captions).to(self.device)  # (n, P)
+        return to_device(self.tokenizer.encode(captions), self.device)  # (n, P)
 
     def _text(self, text: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """Caption word ids (B, P), or None (empty captions for a captioned prior): checked, on device."""
@@ -210,7 +211,7 @@ class VideoPrior(nn.Module):
             if prompt.shape[1] >= t:
                 raise ValueError(f"a prompt of {prompt.shape[1]} latent frames leaves nothing to generate: the "
                                  f"model's context is t = {t} latent frames; give at most {t - 1}")
-            tokens = to_sequence(prompt).to(device)  # (n, t'·h·w)
+            tokens = to_device(to_sequence(prompt), device)  # (n, t'·h·w)
         if guided:  # rows n..2n-1: the same clips with the empty caption
             text, tokens = torch.cat([text, torch.zeros_like(text)]), tokens.repeat(2, 1)  # (2n, P), (2n, ·)
         with evaluating(self):

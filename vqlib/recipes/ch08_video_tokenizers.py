@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from vqlib.core.device import model_device, to_device
 from vqlib.core.inference import evaluating
 from vqlib.core.metrics import code_counts, codebook_usage, perplexity
 from vqlib.core.profile import pick, seed_everything
@@ -42,11 +43,11 @@ def psnr_per_frame(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 def reconstruct_with_indices(model: nn.Module, videos: torch.Tensor,
                              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_hat (N, T, C, H, W), indices (N, t, h, w)) of ``videos`` from one forward pass in eval mode, in batches."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     x_hats, indices = [], []
     with evaluating(model):
         for start in range(0, len(videos), batch_size):
-            out = model(videos[start:start + batch_size].to(device))
+            out = model(to_device(videos[start:start + batch_size], device))
             x_hats.append(out.x_hat.cpu())
             indices.append(out.indices.cpu())
     return torch.cat(x_hats), torch.cat(indices)

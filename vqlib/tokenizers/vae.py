@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.core.device import model_device, to_device
 from vqlib.core.nn import check_dtype
 from vqlib.core.profile import pick
 
@@ -246,7 +247,7 @@ class VAE(Autoencoder):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         device = next(self.parameters()).device
-        z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)  # (n, D)
+        z = to_device(torch.randn(n, self.config.latent_dim, generator=generator), device)  # (n, D)
         return torch.sigmoid(self.decoder(z))
 
 
@@ -314,10 +315,6 @@ def importance_log_likelihood(model: VAE, x: torch.Tensor, samples: int = 64,
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def evaluate_vae(model: VAE, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
     """Held-out numbers of a VAE on images x (N, C, H, W), in nats per image and dB.
@@ -328,10 +325,10 @@ def evaluate_vae(model: VAE, x: torch.Tensor, batch_size: int = 1000, seed: int 
     from vqlib.core.metrics import psnr
 
     model.eval()
-    device, g = _model_device(model), torch.Generator().manual_seed(seed)
+    device, g = model_device(model), torch.Generator().manual_seed(seed)
     sums = {"reconstruction": 0.0, "kl": 0.0, "psnr": 0.0}
     for chunk in x.split(batch_size):
-        chunk = chunk.to(device)
+        chunk = to_device(chunk, device)
         mu, logvar = model.encode(chunk)  # (b, D)
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g).to(mu)  # (b, D)
         reconstruction, kl = elbo_terms(VAEOutput(model.decoder(z), mu, logvar, z), chunk)  # (b,), (b,)
@@ -348,9 +345,10 @@ def evaluate_autoencoder(model: Autoencoder, x: torch.Tensor, batch_size: int = 
     from vqlib.core.metrics import psnr
 
     model.eval()
-    device, sums = _model_device(model), {"reconstruction": 0.0, "psnr": 0.0}
+    device, sums = model_device(model), {"reconstruction": 0.0, "psnr": 0.0}
     for chunk in x.split(batch_size):
-        out = model(chunk.to(device))
-        sums["reconstruction"] -= bernoulli_log_likelihood(out.logits, chunk.to(device)).sum().item()
-        sums["psnr"] += psnr(chunk.to(device), out.x_hat).item() * len(chunk)
+        chunk = to_device(chunk, device)
+        out = model(chunk)
+        sums["reconstruction"] -= bernoulli_log_likelihood(out.logits, chunk).sum().item()
+        sums["psnr"] += psnr(chunk, out.x_hat).item() * len(chunk)
     return {k: v / len(x) for k, v in sums.items()}

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from vqlib.core.device import model_device, to_device
 from vqlib.core.metrics import code_counts, codebook_usage, perplexity, psnr
 from vqlib.core.nn import check_images, downsample, res_stack, upsample
 from vqlib.core.inference import evaluating
@@ -180,11 +181,11 @@ def evaluate_vqvae(model: VQVAE, data: TensorDataset, batch_size: int = 500) -> 
     """Over all of ``data``: PSNR (dB, outputs clipped to [0, 1]), codebook usage and perplexity
     (of the joint code of a position, see ``vqlib.quantizers.vector.joint_indices``), and bits per image,
     h·w·log2(codes per position)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     scores, indices = [], []
     with evaluating(model):
         for start in range(0, len(data), batch_size):
-            x = data[start:start + batch_size][0].to(device)
+            x = to_device(data[start:start + batch_size][0], device)
             out = model(x)
             scores.append(psnr(x, out.x_hat.clamp(0, 1)) * len(x))
             indices.append(joint_indices(model.quantizer, out.indices))  # (B, h, w)

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from vqlib.core.device import to_device
 from vqlib.losses.vqgan import VQGANLoss
 from vqlib.training.loop import TrainConfig
 from vqlib.training.steps import Step, adamw, backward, check_finite_terms, lr_factor, update
@@ -45,7 +46,7 @@ class GANStep(Step):
 
     def start(self, model: nn.Module, config: TrainConfig, device: torch.device) -> None:
         self.model, self.grad_clip = model, config.grad_clip
-        self.criterion.to(device).train()
+        to_device(self.criterion, device).train()
         self.opt_g = adamw(model.parameters(), config)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lr_factor(config))
         self.disc = self.criterion.discriminator

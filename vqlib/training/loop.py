@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vqlib.core import distributed as dist
+from vqlib.core.device import to_device
 from vqlib.core.inference import evaluating
 from vqlib.training.checkpoints import checkpoint_meta, load_checkpoint, save_checkpoint
 from vqlib.training.steps import LossFn, OptimizerStep, Step
@@ -138,10 +139,6 @@ def training_batches(data: Dataset, batch_size: int, seed: int, start_step: int,
             loader = DataLoader(data, batch_sampler=chunks.tolist())
             yield from (tuple(b) if isinstance(b, (list, tuple)) else (b,) for b in loader)
         epoch, offset = epoch + 1, 0
-
-
-def _to(batch: tuple, device: torch.device) -> tuple:
-    return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -242,7 +239,7 @@ def fit(model: nn.Module, step: LossFn | Step, data: Dataset, config: TrainConfi
     end = config.steps if stop_at is None else min(config.steps, stop_at)
     launched_device = dist.init_from_env()  # joins a torchrun process group, if any
     device = torch.device(device) if device is not None else launched_device
-    model.to(device).train()
+    to_device(model, device).train()
     trainer = step if isinstance(step, Step) else OptimizerStep(step)
     trainer.start(model, config, device)
     history = History()
@@ -255,7 +252,7 @@ def fit(model: nn.Module, step: LossFn | Step, data: Dataset, config: TrainConfi
         if "step" in ckpt:
             trainer.load_state_dict(ckpt["step"])
         history = History(**ckpt["history"])
-        model.to(device)
+        to_device(model, device)
 
     if _finished(history, config, end):
         model.eval()
@@ -307,7 +304,7 @@ def fit(model: nn.Module, step: LossFn | Step, data: Dataset, config: TrainConfi
     history.stopped = ""
     try:
         for i in range(history.steps, end):
-            batch = _to(next(batches), device)
+            batch = to_device(next(batches), device, non_blocking=True)
             try:
                 terms = trainer(batch, i)
             except FloatingPointError as err:  # say what is on disk
