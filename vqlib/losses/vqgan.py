@@ -98,7 +98,7 @@ class VQGANLoss(nn.Module):
             finally:
                 self.discriminator.requires_grad_(True)
             lam = adaptive_weight(rec, g_loss, model.last_layer, self.config.delta, self.config.max_weight) \
-                if torch.is_grad_enabled() else torch.zeros(())
+                if torch.is_grad_enabled() else g_loss.new_zeros(())
             loss = loss + self.config.disc_weight * lam * g_loss
             terms |= {"g_loss": g_loss.detach(), "lambda": lam}
         return {"loss": loss, **terms, "x_hat": out.x_hat}
