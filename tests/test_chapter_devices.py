@@ -18,7 +18,7 @@ import pytest
 from pytest_notebook.nb_regression import NBRegressionFixture
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ["01_vae", "02_vqvae", "03_priors", "04_vqvae2", "05_vqgan"]
+CHECKED = ["01_vae", "02_vqvae", "03_priors", "04_vqvae2", "05_vqgan", "08_video_tokenizers"]
 
 
 @pytest.mark.chapter
