@@ -18,7 +18,8 @@ import pytest
 from pytest_notebook.nb_regression import NBRegressionFixture
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ["01_vae", "02_vqvae", "03_priors", "04_vqvae2", "05_vqgan", "08_video_tokenizers"]
+CHECKED = ["01_vae", "02_vqvae", "03_priors", "04_vqvae2", "05_vqgan", "06_codebooks",
+           "08_video_tokenizers", "09_video_generation"]
 
 
 @pytest.mark.chapter

@@ -306,6 +306,6 @@ def continue_video(prior: VideoPrior, tokenizer: nn.Module, prompt: torch.Tensor
     (so the first k frames are the tokenizer's reconstruction of the prompt).
     """
     codes = prompt_indices(tokenizer, prompt, frames)  # (B, k/s, h, w)
-    grid = prior.sample(len(prompt), captions=captions, prompt=codes.to(prior.device),
+    grid = prior.sample(len(prompt), captions=captions, prompt=to_device(codes, prior.device),
                         temperature=temperature, top_k=top_k, guidance=guidance)  # (B, t, h, w)
     return in_batches(lambda g: tokenizer.decode(g).clamp(0, 1), tokenizer, grid.cpu())  # (B, T, C, S, S)
