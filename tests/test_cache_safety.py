@@ -9,13 +9,12 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import Tiny, TinyConfig, mse
 from torch.utils.data import TensorDataset
 
 from vqlib.core import cache
@@ -27,26 +26,6 @@ from vqlib.training.checkpoints import checkpoint_path, load_checkpoint, save_ch
 from vqlib.training.loop import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    width: int = 8
-
-
-class Tiny(nn.Module):
-    def __init__(self, config: TinyConfig = TinyConfig()):
-        super().__init__()
-        self.config = config
-        self.net = nn.Sequential(nn.Linear(3, config.width), nn.Tanh(), nn.Linear(config.width, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def mse(model, batch):
-    x, y = batch
-    return {"loss": (model(x) - y).pow(2).mean()}
 
 
 def quiet(**kw):

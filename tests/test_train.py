@@ -1,34 +1,13 @@
 import itertools
-from dataclasses import dataclass
 
 import pytest
 import torch
-from torch import nn
+from helpers import Tiny, TinyConfig, mse
 from torch.utils.data import TensorDataset
 
 from vqlib.core.cache import atomic_save, cache_dir
 from vqlib.training.checkpoints import checkpoint_path, load_checkpoint
 from vqlib.training.loop import History, TrainConfig, fit, training_batches
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    width: int = 8
-
-
-class Tiny(nn.Module):
-    def __init__(self, config: TinyConfig = TinyConfig()):
-        super().__init__()
-        self.config = config
-        self.net = nn.Sequential(nn.Linear(3, config.width), nn.Tanh(), nn.Linear(config.width, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def mse(model, batch):
-    x, y = batch
-    return {"loss": (model(x) - y).pow(2).mean()}
 
 
 @pytest.fixture
