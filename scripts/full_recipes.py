@@ -244,7 +244,7 @@ def photo_vqgan_prior() -> FullRun:
 def mnist_codebook(name: str) -> FullRun:
     kind, options = COMPARED[name]
     config = VQVAEConfig.for_profile(FULL, in_channels=1, **comparison_model(FULL))
-    train_config = vqvae_train_config(FULL, **{"max_seconds": None, **comparison_training(FULL)})
+    train_config = vqvae_train_config(FULL, **comparison_training(FULL))
     model = VQVAE(config, quantizer=make_quantizer(kind, config.code_dim, **options))
     return FullRun(model, train_config, lambda n: (_images(n, 1, 28),), vqvae_loss, _roundtrip)
 

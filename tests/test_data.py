@@ -24,20 +24,22 @@ def md5(blob: bytes) -> str:
 
 
 def test_bundled_mnist_split_is_stratified_disjoint_and_fixed():
-    train, test = data.mnist("train", profile="quick"), data.mnist("test", profile="smoke")
+    train, val, test = (data.mnist(split, profile="quick") for split in ("train", "val", "test"))
     x, y = train.tensors
-    assert x.shape == (4000, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert x.shape == (3500, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
     assert 0.0 <= x.min() and x.max() == 1.0
     assert torch.equal(test.tensors[1].bincount(), torch.full((10,), 100))
-    assert torch.equal(y.bincount(), torch.full((10,), 400))
-    flat_train = {tuple(r) for r in x.flatten(1)[:, ::7].tolist()}
-    assert not any(tuple(r) in flat_train for r in test.tensors[0].flatten(1)[:, ::7].tolist())
+    assert torch.equal(val.tensors[1].bincount(), torch.full((10,), 50))
+    assert torch.equal(y.bincount(), torch.full((10,), 350))
+    rows = [{tuple(r) for r in d.tensors[0].flatten(1)[:, ::7].tolist()} for d in (train, val, test)]
+    assert not rows[0] & rows[1] and not rows[0] & rows[2] and not rows[1] & rows[2]  # no digit in two splits
     data._bundled_mnist.cache_clear()
     assert torch.equal(data.mnist("test", profile="quick").tensors[0], test.tensors[0])
+    assert torch.equal(data.mnist("val", profile="smoke").tensors[0], val.tensors[0])
 
 
 def test_unknown_split_and_profile():
-    with pytest.raises(ValueError, match="expected 'train' or 'test'"):
+    with pytest.raises(ValueError, match="expected 'train', 'val' or 'test'"):
         data.mnist("validation")
     with pytest.raises(ValueError, match="unknown profile"):
         data.mnist("train", profile="big")
@@ -85,6 +87,11 @@ def test_full_profile_downloads_parses_and_caches(mnist_mirror):
     assert x.shape == (4, 1, 28, 28) and y.shape == (4,)
     raw = data.read_idx(mnist_mirror / "t10k-images-idx3-ubyte.gz")
     torch.testing.assert_close(x[:, 0] * 255, torch.from_numpy(raw.copy()).float())
+    train, val = data.mnist("train", profile="full"), data.mnist("val", profile="full")
+    assert len(train) + len(val) == 6 and len(val) >= 1  # validation digits carved from the training file
+    raw = torch.from_numpy(data.read_idx(mnist_mirror / "train-images-idx3-ubyte.gz").copy()).float()
+    together = torch.cat([train.tensors[0], val.tensors[0]])[:, 0] * 255
+    assert sorted(map(tuple, together.flatten(1).tolist())) == sorted(map(tuple, raw.flatten(1).tolist()))
     for f in mnist_mirror.iterdir():
         f.unlink()  # the server is gone: the cache must answer
     assert data.mnist("test", profile="full").tensors[0].shape == (4, 1, 28, 28)

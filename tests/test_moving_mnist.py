@@ -80,8 +80,8 @@ def test_captions():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="expected 'train' or 'test'"):
-        moving_mnist("val", n=2, profile="smoke")
+    with pytest.raises(ValueError, match="expected 'train', 'val' or 'test'"):
+        moving_mnist("valid", n=2, profile="smoke")
     with pytest.raises(ValueError, match="digit_size"):
         moving_mnist(n=2, size=20, digit_size=28, profile="smoke")
     with pytest.raises(ValueError, match="speed"):

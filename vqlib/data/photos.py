@@ -3,21 +3,20 @@
 Dimension key: N examples, S image side (height = width), C = 3 colour channels.
 
 - ``photos(split, size)``: a TensorDataset of ``x`` (N, 3, S, S) float32 in [0, 1].
-  In ``smoke`` and ``quick`` they are crops of the colour photographs bundled with scikit-image
-  and scikit-learn. Training crops and test crops come from *different* photographs, so the test
-  set measures how a model does on pictures it has never seen. Every photo is first resized to a
+  ``split`` is "train", "val" or "test". In ``smoke`` and ``quick`` they are crops of the colour
+  photographs bundled with scikit-image and scikit-learn. Training, validation and test crops come
+  from *different* photographs (the validation photograph is carved from the training ones), so
+  validation and test measure how a model does on pictures it has never seen; choices are made on
+  validation, and the test crops are scored once, for a chapter's final numbers. Every photo is first resized to a
   few scales (short side 1.5 to 4 times S), then crops are drawn at random scales and positions,
   and half of the training crops are mirrored, all from a fixed seed: the same call gives the
   same crops. In ``full`` they are the 8,189 photographs of Oxford Flowers-102 (Nilsback and Zisserman
   2008), downloaded once (checksummed and cached, ``vqlib.core.download``), resized and centre-cropped
-  to S × S, every tenth image (by file name) held out for testing; offline, a warning says so and
-  the bundled crops are used.
+  to S × S, every tenth image (by file name) held out for testing and the image before it for
+  validation; offline, a warning says so and the bundled crops are used.
 - ``read_jpeg_tar(path, size)``: every JPEG in a (gzipped) tar archive, resized and centre-cropped.
 
-Left out: the official Flowers-102 splits (they need the labels file and scipy), and colour
-augmentations (permuting the colour channels of the training crops was tried: it lowered the
-held-out PSNR of chapter 4's models by several dB, because the test photographs share the warm
-colours of the training photographs).
+Left out: the official Flowers-102 splits (they need the labels file and scipy).
 """
 
 from __future__ import annotations
@@ -37,11 +36,13 @@ from vqlib.core.cache import cache_dir, cached_arrays
 from vqlib.core.download import DownloadError, fetch
 from vqlib.core.profile import check_profile, current_profile, pick
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 # scikit-image and scikit-learn photographs (grey, synthetic and text images are left out)
 TRAIN_PHOTOS = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "hubble_deep_field",
-                "immunohistochemistry", "retina", "china")
-TEST_PHOTOS = ("chelsea", "coffee", "flower")  # never seen in training
+                "immunohistochemistry", "retina")
+VAL_PHOTOS = ("china",)  # carved from the training photographs: choices are made on it
+TEST_PHOTOS = ("chelsea", "coffee", "flower")  # never seen in training or validation
+SPLIT_PHOTOS = {"train": TRAIN_PHOTOS, "val": VAL_PHOTOS, "test": TEST_PHOTOS}
 SCALES = (1.5, 2.0, 3.0, 4.0)  # short side of each resized copy, in multiples of the crop size
 FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz"
 FLOWERS_MD5 = "52808999861908f626f3c1f4e79d11fa"  # as published with torchvision's Flowers102
@@ -50,7 +51,7 @@ FLOWERS_TEST_EVERY = 10  # every tenth image (sorted by name) is a test image
 
 def check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
+        raise ValueError(f"unknown split {split!r}: expected 'train', 'val' or 'test'")
     return split
 
 
@@ -113,10 +114,10 @@ def to_dataset(images: np.ndarray) -> TensorDataset:
 
 @functools.cache
 def bundled_crops(split: str, size: int, n: int, seed: int = 0) -> TensorDataset:
-    """n crops of the bundled training or test photographs: x (n, 3, S, S) float32 in [0, 1]."""
-    names = TRAIN_PHOTOS if check_split(split) == "train" else TEST_PHOTOS
+    """n crops of the bundled training, validation or test photographs: x (n, 3, S, S) float32 in [0, 1]."""
+    names = SPLIT_PHOTOS[check_split(split)]
     return to_dataset(random_crops([bundled_photo(name) for name in names], n, check_size(size),
-                                   seed=seed + (0 if split == "train" else 1), augment=split == "train"))
+                                   seed=seed + SPLITS.index(split), augment=split == "train"))
 
 
 def read_jpeg_tar(path: str | Path, size: int) -> tuple[list[str], np.ndarray]:
@@ -142,8 +143,10 @@ def downloaded_flowers(split: str, size: int) -> TensorDataset:
 
     arrays = cached_arrays(cache_dir() / "data" / f"flowers102-{size}.npz", decode, "the Flowers-102 download")
     images = arrays["images"]  # (N, S, S, 3) uint8
-    test = np.arange(len(images)) % FLOWERS_TEST_EVERY == FLOWERS_TEST_EVERY - 1
-    return to_dataset(images[test] if split == "test" else images[~test])
+    slot = np.arange(len(images)) % FLOWERS_TEST_EVERY
+    held = {"test": FLOWERS_TEST_EVERY - 1, "val": FLOWERS_TEST_EVERY - 2}
+    keep = slot == held[split] if split in held else ~np.isin(slot, list(held.values()))
+    return to_dataset(images[keep])
 
 
 def photos(split: str = "train", size: int | None = None, profile: str | None = None) -> TensorDataset:
@@ -154,7 +157,8 @@ def photos(split: str = "train", size: int | None = None, profile: str | None = 
     check_split(split)
     profile = check_profile(profile or current_profile())
     size = check_size(size if size is not None else pick(64, 64, 128, profile=profile))
-    n = {"train": pick(64, 2048, 4096, profile=profile), "test": pick(16, 256, 512, profile=profile)}[split]
+    n = {"train": pick(64, 2048, 4096, profile=profile), "val": pick(16, 256, 512, profile=profile),
+         "test": pick(16, 256, 512, profile=profile)}[split]
     if profile == "full":
         try:
             return downloaded_flowers(split, size)

@@ -120,7 +120,8 @@ def train_mnist_classifier(profile: str | None = None, progress: bool | None = N
     the global random state). An integer: another classifier, trained the same way from that seed
     (initial weights and batch order) and cached under its own name: a second judge for the same
     metrics, to see how much a score depends on the network that computes it.
-    -> (model in eval mode, history); the history's eval record holds the test split's ``accuracy``.
+    -> (model in eval mode, history); the history's eval record holds the validation split's
+    ``accuracy`` (a chapter reports the test accuracy, once).
     """
     from vqlib.data.mnist import mnist
 
@@ -130,10 +131,10 @@ def train_mnist_classifier(profile: str | None = None, progress: bool | None = N
     if seed is not None:
         train_config, name = dataclasses.replace(train_config, seed=seed), "mnist-classifier-seeded"
         seed_everything(seed)
-    test = mnist("test", profile).tensors  # x (N, 1, 28, 28), y (N,)
+    val = mnist("val", profile).tensors  # x (N, 1, 28, 28), y (N,)
     model = Classifier(config)
     train = mnist("train", profile)
     history = fit(model, classifier_loss, train, train_config, progress=progress,
-                  eval_fn=lambda m: {"accuracy": accuracy(m, *test)},
+                  eval_fn=lambda m: {"accuracy": accuracy(m, *val)},
                   checkpoint=checkpoint_path(name, config, train_config, data=train, profile=profile))
     return model, history

@@ -161,11 +161,11 @@ def train_photo_net(task: str, size: int = 32, profile: str | None = None, **ove
     n = pick(16, 256, 1024, profile=profile)
     data = labelled_crops(n, size)
     held_out = labelled_crops(max(4, n // 8), size, seed=1)
-    test = photos("test", size=size, profile=profile).tensors[0]
+    val = photos("val", size=size, profile=profile).tensors[0]
     seed_everything(train_config.seed)
     model = PhotoNet(config)
     eval_fn = (lambda m: {"accuracy": task_accuracy(m, *held_out.tensors)}) if task == "photo" else \
-        (lambda m: {"accuracy": task_accuracy(m, test)})
+        (lambda m: {"accuracy": task_accuracy(m, val)})
     history = fit(model, photo_net_loss, data, train_config, eval_fn=eval_fn,
                   checkpoint=checkpoint_path(f"photo-net-{task}-{size}", config, train_config, {"n": n},
                                              profile=profile))

@@ -37,15 +37,16 @@ def train_mnist_vae(profile: str | None = None, latent_dim: int = 16, beta: floa
                     progress: bool | None = None) -> tuple[VAE, History]:
     """Train a (beta-)VAE on MNIST, or load it from the checkpoint cache. -> (model in eval mode, history).
 
-    The history's eval records hold the test split's ``neg_elbo``, ``reconstruction``, ``kl`` and ``psnr``.
+    The history's eval records hold the validation split's ``neg_elbo``, ``reconstruction``, ``kl`` and ``psnr``
+    (the test split is left for the chapter's final numbers).
     """
     config = VAEConfig.for_profile(profile, latent_dim=latent_dim)
     train_config = vae_train_config(profile)
-    test_x = mnist("test", profile).tensors[0]  # (N, 1, 28, 28)
+    val_x = mnist("val", profile).tensors[0]  # (N, 1, 28, 28)
     model = _initialised(VAE, config, train_config.seed)
     train = mnist("train", profile)
     history = fit(model, lambda m, batch: negative_elbo(m, batch[0], beta)._asdict(), train,
-                  train_config, eval_fn=lambda m: evaluate_vae(m, test_x), progress=progress,
+                  train_config, eval_fn=lambda m: evaluate_vae(m, val_x), progress=progress,
                   checkpoint=checkpoint_path("mnist-vae", config, train_config, {"beta": beta}, data=train,
                                              profile=profile))
     return model, history
@@ -56,10 +57,10 @@ def train_mnist_autoencoder(profile: str | None = None, latent_dim: int = 16,
     """Train the deterministic autoencoder baseline on MNIST, or load it from the checkpoint cache."""
     config = VAEConfig.for_profile(profile, latent_dim=latent_dim)
     train_config = vae_train_config(profile)
-    test_x = mnist("test", profile).tensors[0]  # (N, 1, 28, 28)
+    val_x = mnist("val", profile).tensors[0]  # (N, 1, 28, 28)
     model = _initialised(Autoencoder, config, train_config.seed)
     train = mnist("train", profile)
     history = fit(model, lambda m, batch: {"loss": reconstruction_loss(m, batch[0])}, train,
-                  train_config, eval_fn=lambda m: evaluate_autoencoder(m, test_x), progress=progress,
+                  train_config, eval_fn=lambda m: evaluate_autoencoder(m, val_x), progress=progress,
                   checkpoint=checkpoint_path("mnist-ae", config, train_config, data=train, profile=profile))
     return model, history

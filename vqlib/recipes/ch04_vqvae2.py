@@ -3,7 +3,7 @@
 What is in it: ``train_photo_vqvae2`` (the two-level model of ``vqlib.tokenizers.vqvae2``),
 ``train_photo_vqvae`` (the one-level baseline: a chapter 2 VQ-VAE at factor 4 whose codebook gets the
 two-level model's code bits, ``equal_bits_codebook_size``), both trained by ``fit_on_photos`` on
-``photos("train")`` and scored on ``photos("test")`` (``image_scores``: PSNR and SSIM), and
+``photos("train")`` and scored as they train on ``photos("val")`` (``image_scores``: PSNR and SSIM), and
 ``train_photo_priors`` (stage 2, a PixelCNN over the top codes; stage 3, a ``BottomPrior`` GPT over
 the bottom codes given the top). Every recipe trains once per profile and config, then loads from
 the checkpoint cache.
@@ -44,16 +44,15 @@ def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The training budget of the chapter 4 autoencoders (both get the same)."""
     defaults = dict(steps=pick(10, 600, 30_000, profile=profile), batch_size=pick(16, 16, 128, profile=profile),
                     lr=pick(2e-3, 2e-3, 3e-4, profile=profile), cosine=True,
-                    log_every=pick(5, 25, 100, profile=profile),
-                    max_seconds=pick(None, 100.0, None, profile=profile))  # a safety net: quick runs take ~60 s
+                    log_every=pick(5, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
 
 
 def fit_on_photos(name: str, model: nn.Module, loss_fn, train_config: TrainConfig,
                   profile: str | None = None) -> History:
-    """Train an autoencoder on ``photos("train")`` (or load it from the cache), scored on ``photos("test")``."""
-    test, train = photos("test", profile=profile), photos("train", profile=profile)
-    return fit(model, loss_fn, train, train_config, eval_fn=lambda m: image_scores(m, test),
+    """Train an autoencoder on ``photos("train")`` (or load it from the cache), scored on ``photos("val")``."""
+    val, train = photos("val", profile=profile), photos("train", profile=profile)
+    return fit(model, loss_fn, train, train_config, eval_fn=lambda m: image_scores(m, val),
                checkpoint=checkpoint_path(name, model.config, train_config, data=train, profile=profile))
 
 
@@ -61,7 +60,7 @@ def train_photo_vqvae2(profile: str | None = None, **overrides) -> tuple[VQVAE2,
     """The chapter 4 VQ-VAE-2 on photographs, trained once per profile and config, then cached.
 
     ``overrides`` set fields of VQVAE2Config or TrainConfig. Returns the model in eval mode and its
-    History (with held-out PSNR and SSIM).
+    History (with validation PSNR and SSIM).
     """
     model_overrides, train_overrides = split_overrides(overrides, VQVAE2Config)
     train_config = photo_train_config(profile, **train_overrides)
@@ -86,8 +85,7 @@ def prior_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The training budget of each chapter 4 prior."""
     defaults = dict(steps=pick(10, 250, 20_000, profile=profile), batch_size=pick(16, 16, 64, profile=profile),
                     lr=pick(3e-3, 3e-3, 5e-4, profile=profile), warmup_steps=pick(0, 20, 500, profile=profile),
-                    cosine=True, log_every=pick(5, 25, 100, profile=profile),
-                    max_seconds=pick(None, 60.0, None, profile=profile))
+                    cosine=True, log_every=pick(5, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
 
 

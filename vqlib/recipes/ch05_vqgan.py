@@ -74,7 +74,7 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def train_photo_vqgan(profile: str | None = None, stop_at: int | None = None, **overrides) -> tuple[VQGAN, History]:
-    """Chapter 5's VQGAN on ``photos("train")`` crops, scored on ``photos("test")``, cached.
+    """Chapter 5's VQGAN on ``photos("train")`` crops, scored as it trains on ``photos("val")``, cached.
 
     ``overrides`` set fields of VQGANConfig, VQGANLossConfig, PatchGANConfig or TrainConfig, e.g.
     ``disc_start=0`` (no warm-up) or ``seed=1``. The perceptual network is ``PhotoNet("photo")``,
@@ -102,13 +102,13 @@ def train_photo_vqgan(profile: str | None = None, stop_at: int | None = None, **
     model = VQGAN(model_config)
     disc_config = PatchGANConfig.for_profile(profile, **pick_for[PatchGANConfig])
     disc = PatchGAN(disc_config) if loss_config.disc_weight > 0 else None
-    test = photos("test", size=size, profile=profile).tensors[0]
+    val = photos("val", size=size, profile=profile).tensors[0]
     key = {"disc": dataclasses.asdict(disc_config) if disc else None,
            "perceptual": weights_digest(perceptual.net) if perceptual else None,
            "judge": weights_digest(judge)}
     train = photos("train", size=size, profile=profile)
     history = fit(model, GANStep(VQGANLoss(loss_config, disc, perceptual)), train, train_config,
-                  eval_fn=lambda m: reconstruction_scores(test, reconstruct(m, test), judge),
+                  eval_fn=lambda m: reconstruction_scores(val, reconstruct(m, val), judge),
                   checkpoint=checkpoint_path("photo-vqgan", model_config, loss_config, train_config, key,
                                              data=train, profile=profile), stop_at=stop_at)
     return model, history

@@ -37,11 +37,11 @@ def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | 
     options = dict(options or {})
     model_overrides, train_overrides = split_overrides(overrides, VQVAEConfig)
     config = VQVAEConfig.for_profile(profile, in_channels=1, **model_overrides)
-    train_config = vqvae_train_config(profile, **{"max_seconds": None, **train_overrides})
+    train_config = vqvae_train_config(profile, **train_overrides)
     seed_everything(train_config.seed)
     model = VQVAE(config, quantizer=make_quantizer(kind, config.code_dim, **options))
-    test, train = mnist("test", profile=profile), mnist("train", profile=profile)
-    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate_vqvae(m, test),
+    val, train = mnist("val", profile=profile), mnist("train", profile=profile)
+    history = fit(model, vqvae_loss, train, train_config, eval_fn=lambda m: evaluate_vqvae(m, val),
                   checkpoint=checkpoint_path(f"codebooks-{kind}", config, {"kind": kind, **options}, train_config,
                                              data=train, profile=profile))
     return model, history

@@ -114,7 +114,8 @@ def moving_mnist_clips(split: str = "train", profile: str | None = None) -> torc
     sizes = pick(CLIP_SIZES["smoke"], CLIP_SIZES["quick"], CLIP_SIZES["full"], profile=profile)
     if split == "test" and pick(False, False, True, profile=profile):
         return published_moving_mnist()[:, :sizes["frames"]]
-    n = pick(dict(train=16, test=8), dict(train=768, test=128), dict(train=20_000, test=1000), profile=profile)[split]
+    n = pick(dict(train=16, val=8, test=8), dict(train=768, val=128, test=128),
+             dict(train=20_000, val=1000, test=1000), profile=profile)[split]
     return moving_mnist(split, n=n, profile=profile, **sizes).videos
 
 
@@ -140,7 +141,7 @@ def train_moving_mnist_tokenizer(kind: str = "3d", profile: str | None = None,
     if kind not in configs:
         raise ValueError(f"kind must be one of {sorted(configs)}, got {kind!r}")
     return train_video_vqvae(moving_mnist_clips("train", profile), configs[kind], f"ch8-mmnist-{kind}",
-                             eval_videos=moving_mnist_clips("test", profile)[:64], profile=profile,
+                             eval_videos=moving_mnist_clips("val", profile)[:64], profile=profile,
                              progress=progress, frame_wise=kind == "frame", **train_overrides)
 
 

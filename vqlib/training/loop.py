@@ -2,7 +2,7 @@
 
 ``fit`` trains a model in place: it places the model and each batch on a device, runs a training
 step per batch, shows a progress bar, records a history of losses and metrics, evaluates
-periodically, stops after a step or a time budget, writes atomic checkpoints and resumes from them
+periodically, stops after its step budget, writes atomic checkpoints and resumes from them
 exactly (an interrupted run loses at most one checkpoint interval, and the resumed run is
 bit-identical to an uninterrupted one), and stops on NaN/inf with a message that names the step
 and the loss term or the parameters.
@@ -26,6 +26,9 @@ takes process 0's state, as every process of a fresh run starts from the same se
 A chapter gets "the trained model for this config and profile" by passing
 ``checkpoint=checkpoint_path(name, model.config, train_config)`` (``vqlib.training.checkpoints``):
 a finished checkpoint is loaded instead of retrained, so later chapters reuse earlier models.
+Finished means the step budget was run: results never depend on how fast the machine is. A
+wall-clock limit (``max_seconds``) is a user's safety stop only, never part of a recipe: a run it
+stops is unfinished, and the next call with the same checkpoint resumes it to its step budget.
 A checkpoint holds tensors and plain data only, and never a NaN or inf.
 """
 
@@ -61,7 +64,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up of the learning rate
     cosine: bool = False  # cosine decay to 0 after the warm-up
     grad_clip: float | None = None  # max global gradient norm
-    max_seconds: float | None = None  # wall-clock budget; the run stops early when it is spent
+    max_seconds: float | None = None  # a user's safety stop: the run ends early, unfinished (resumable)
     eval_every: int = 0  # steps between evaluations; 0 = only at the end
     log_every: int = 25  # steps averaged into one history record
     checkpoint_every: int = 500  # steps between checkpoints (when a checkpoint path is given)
@@ -194,18 +197,18 @@ def _evaluate(model: nn.Module, eval_fn: EvalFn) -> dict[str, float]:
         return {k: float(v) for k, v in eval_fn(model).items()}
 
 
-def _out_of_time(history: History, config: TrainConfig, device: torch.device) -> bool:
+def _out_of_time(seconds: float, config: TrainConfig, device: torch.device) -> bool:
+    """Whether this call's ``seconds`` of training reached the user's ``max_seconds`` safety stop."""
     if config.max_seconds is None:
         return False
     # rank 0's clock decides for everyone: processes that stopped at different steps would hang
-    flag = torch.tensor([float(history.seconds >= config.max_seconds)], device=device)
+    flag = torch.tensor([float(seconds >= config.max_seconds)], device=device)
     return bool(dist.broadcast_from_rank0(flag).item())
 
 
-def _finished(history: History, config: TrainConfig, end: int) -> bool:
-    # A run stopped by its time budget counts as finished unless the budget has since grown.
-    out_of_time = config.max_seconds is not None and history.seconds >= config.max_seconds
-    return history.steps >= end or (history.stopped == "time" and out_of_time)
+def _finished(history: History, end: int) -> bool:
+    # Only the step budget finishes a run: one stopped by the clock is resumed, never reused as done.
+    return history.steps >= end
 
 
 def _check_step_meta(ckpt: Mapping[str, Any], expected: Mapping[str, Any], path: str | Path) -> None:
@@ -254,7 +257,7 @@ def fit(model: nn.Module, step: LossFn | Step, data: Dataset, config: TrainConfi
         history = History(**ckpt["history"])
         to_device(model, device)
 
-    if _finished(history, config, end):
+    if _finished(history, end):
         model.eval()
         return history
     if ckpt is not None and not {"step", "rng"} <= set(ckpt):
@@ -316,7 +319,7 @@ def fit(model: nn.Module, step: LossFn | Step, data: Dataset, config: TrainConfi
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
                 counts[k] = counts.get(k, 0) + 1
             count += 1
-            last = history.steps == end or _out_of_time(history, config, device)
+            last = history.steps == end or _out_of_time(history.seconds - seconds_before, config, device)
             if count == config.log_every or last:
                 means = _mean_over_processes({k: sums[k] / counts[k] for k in sums}, device)
                 history.train.append({"step": history.steps, **means})
