@@ -119,3 +119,14 @@ def test_corrupt_download_is_refused_and_leaves_nothing(tmp_path):
 def test_unreachable_url_is_a_download_error():
     with pytest.raises(DownloadError, match="could not download"):
         fetch("http://127.0.0.1:9/x.gz", "0" * 32, folder="t")
+
+
+def test_binarize_is_seeded_and_keeps_the_grey_level_on_average():
+    x = torch.full((200, 1, 28, 28), 0.3)
+    x[:, :, :, :14] = 0.9
+    b = data.binarize(x, seed=0)
+    assert set(b.unique().tolist()) <= {0.0, 1.0} and b.shape == x.shape
+    assert torch.equal(b, data.binarize(x, seed=0)) and not torch.equal(b, data.binarize(x, seed=1))
+    assert abs(b[..., 14:].mean().item() - 0.3) < 0.01 and abs(b[..., :14].mean().item() - 0.9) < 0.01
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        data.binarize(x * 2)

@@ -11,6 +11,9 @@ Dimension key: N examples, C channels, H W height and width.
   (checksummed and cached, see ``vqlib.core.download``): 55,000 train and 5,000 validation digits
   (a seeded draw from the 60,000 training digits) and the 10,000 test digits; offline, a warning
   says so and the bundled digits are used.
+- ``binarize(x, seed)``: binary digits drawn pixel by pixel with the grey level as probability
+  (the binarisation under which likelihoods of MNIST models are reported, Salakhutdinov and
+  Murray 2008); seeded, so every chapter scores the same binary test digits.
 - ``read_idx(path)``: the IDX format of the MNIST files (optionally gzipped), checked.
 - ``moving_mnist(split)``: Moving MNIST clips (N, T, 1, S, S) made from the real digits of the
   split, with labels, headings, positions and a caption per clip; ``published_moving_mnist()``
@@ -108,6 +111,18 @@ def _bundled_mnist() -> dict[str, TensorDataset]:
     train = ~test & ~val
     return {"train": _as_dataset(images[train], labels[train]), "val": _as_dataset(images[val], labels[val]),
             "test": _as_dataset(images[test], labels[test])}
+
+
+def binarize(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Binary images (same shape, float32 in {0, 1}): pixel i is 1 with probability x_i, from a
+    generator seeded with ``seed``, so the same grey digits always give the same binary digits."""
+    if not torch.is_floating_point(x) or x.numel() == 0:
+        raise ValueError(f"binarize needs non-empty float images in [0, 1], got {x.dtype} {tuple(x.shape)}")
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ValueError("binarize needs grey levels in [0, 1] (they are the probabilities of a 1), got "
+                         f"values in [{float(x.nan_to_num().min())}, {float(x.nan_to_num().max())}] or NaN")
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(x.detach().float().cpu(), generator=g)
 
 
 def _downloaded_mnist(split: str) -> TensorDataset:
