@@ -34,6 +34,16 @@ def book_numbers(build: Path) -> dict[str, dict[str, str]]:
     return dict(sorted(numbers.items()))
 
 
+def differences(first: dict[str, dict[str, str]], second: dict[str, dict[str, str]]) -> list[str]:
+    """One line per glued value that the two builds' numbers disagree on (or that only one has)."""
+    lines = []
+    for chapter in sorted(set(first) | set(second)):
+        a, b = first.get(chapter, {}), second.get(chapter, {})
+        lines += [f"{chapter}:{name}: {a.get(name)!r} != {b.get(name)!r}"
+                  for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         raise SystemExit(__doc__)
@@ -41,15 +51,9 @@ def main(argv: list[str]) -> int:
     if len(argv) == 1:
         print(json.dumps(first, indent=1, ensure_ascii=False))
         return 0
-    second = book_numbers(Path(argv[1]))
-    differences = 0
-    for chapter in sorted(set(first) | set(second)):
-        a, b = first.get(chapter, {}), second.get(chapter, {})
-        for name in sorted(set(a) | set(b)):
-            if a.get(name) != b.get(name):
-                differences += 1
-                print(f"{chapter}:{name}: {a.get(name)!r} != {b.get(name)!r}")
-    return 1 if differences else 0
+    lines = differences(first, book_numbers(Path(argv[1])))
+    print("\n".join(lines) if lines else f"{sum(map(len, first.values()))} glued numbers, all equal", end="\n")
+    return 1 if lines else 0
 
 
 if __name__ == "__main__":
