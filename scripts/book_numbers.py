@@ -2,6 +2,7 @@
 
     python scripts/book_numbers.py _build > numbers.json
     python scripts/book_numbers.py _build other/_build     # prints the differences; exit 1 if any
+    python scripts/book_numbers.py --times _build          # each chapter's execution time in that build
 
 Reads the executed chapters from a build's jupyter cache (``<build>/.jupyter_cache``) and writes
 {chapter: {glued name: value as printed}} (figures are left out: their text is only a size). Two
@@ -34,6 +35,13 @@ def book_numbers(build: Path) -> dict[str, dict[str, str]]:
     return dict(sorted(numbers.items()))
 
 
+def execution_times(build: Path) -> dict[str, float]:
+    """{chapter: seconds its execution took in that build}, as the jupyter cache recorded it."""
+    cache = get_cache(build / ".jupyter_cache")
+    return {Path(r.uri).stem: float(r.data.get("execution_seconds", float("nan")))
+            for r in sorted(cache.list_cache_records(), key=lambda r: r.uri)}
+
+
 def differences(first: dict[str, dict[str, str]], second: dict[str, dict[str, str]]) -> list[str]:
     """One line per glued value that the two builds' numbers disagree on (or that only one has)."""
     lines = []
@@ -45,6 +53,12 @@ def differences(first: dict[str, dict[str, str]], second: dict[str, dict[str, st
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--times"] and len(argv) == 2:
+        times = execution_times(Path(argv[1]))
+        for chapter, seconds in times.items():
+            print(f"{chapter:28s} {seconds:7.1f} s")
+        print(f"{'all chapters':28s} {sum(times.values()):7.1f} s")
+        return 0
     if len(argv) not in (1, 2):
         raise SystemExit(__doc__)
     first = book_numbers(Path(argv[0]))
