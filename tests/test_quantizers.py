@@ -389,3 +389,18 @@ def test_ema_kmeans_init_starts_from_centroids_once(monkeypatch):
     resumed(z_e)  # a resumed, initialised quantizer never re-runs k-means
     with pytest.raises(ValueError, match="needs data_init=True"):
         EMAVectorQuantizer(4, 2, data_init=False, kmeans_iters=3)
+
+
+def test_quantizer_step_flops_counts_the_distance_product_and_leaves_the_quantizer_alone():
+    from vqlib.quantizers.factory import make_quantizer, quantizer_step_flops
+
+    torch.manual_seed(0)
+    z = torch.randn(4, 8, 3, 3)
+    vq = make_quantizer("ema", 8, codebook_size=32)
+    before = {k: v.clone() for k, v in vq.state_dict().items()}
+    flops = quantizer_step_flops(vq, z)
+    assert flops == 2 * (4 * 3 * 3) * 32 * 8  # the addmm of ||e||² - 2 z·e, nothing else
+    assert all(torch.equal(before[k], v) for k, v in vq.state_dict().items())
+    assert quantizer_step_flops(vq, z) == flops  # deterministic
+    fsq = make_quantizer("fsq", 8, levels=(8, 6, 5))
+    assert 0 < quantizer_step_flops(fsq, z) < flops  # two small projections, no distances

@@ -22,7 +22,11 @@ has ``decode_indices``.
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from vqlib.quantizers.factorized import FactorizedQuantizer
 from vqlib.quantizers.fsq import FiniteScalarQuantizer
@@ -50,3 +54,20 @@ def make_quantizer(kind: str, code_dim: int, **options) -> nn.Module:
     if kind not in CLASSES:
         raise ValueError(f"unknown quantizer kind {kind!r}: expected one of {KINDS}")
     return CLASSES[kind](code_dim=code_dim, **options)
+
+
+def quantizer_step_flops(quantizer: nn.Module, z_e: torch.Tensor) -> int:
+    """Matrix-product FLOPs of one training step of ``quantizer`` on latents ``z_e`` (B, D, ...): the
+    forward pass in training mode and the backward pass of z_q and of its loss (if it has one), as
+    ``torch.utils.flop_counter`` counts them (matrix products and convolutions; element-wise work
+    such as FSQ's rounding is not counted). Runs on a copy: the quantizer's buffers do not move.
+    Deterministic, unlike a timing: Chapter 6 compares quantizers by it."""
+    net = copy.deepcopy(quantizer).train()
+    z = z_e.detach().clone().requires_grad_()
+    with FlopCounterMode(display=False) as counter:
+        out = net(z)
+        total = out.z_q.sum()
+        if out.loss.requires_grad:
+            total = total + out.loss
+        total.backward()
+    return counter.get_total_flops()

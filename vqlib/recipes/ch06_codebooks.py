@@ -30,7 +30,7 @@ def train_mnist_codebook(kind: str, options: dict | None = None, profile: str | 
 
     ``overrides`` set fields of VQVAEConfig (the encoder and decoder) or TrainConfig. Trained once
     per profile and configuration, then loaded from the cache. Stops by steps only. Returns the
-    model in eval mode and its History (test PSNR, usage, perplexity and bits at each evaluation).
+    model in eval mode and its History (validation PSNR, usage, perplexity and bits at each evaluation).
     """
     from vqlib.data.mnist import mnist
 

@@ -64,7 +64,7 @@ def evaluate_video_vqvae(model: nn.Module, videos: torch.Tensor, batch_size: int
 
 def video_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The training budget of a video tokenizer for a profile."""
-    defaults = dict(steps=pick(4, 400, 20_000, profile=profile), batch_size=pick(4, 16, 32, profile=profile),
+    defaults = dict(steps=pick(4, 250, 20_000, profile=profile), batch_size=pick(4, 16, 32, profile=profile),
                     lr=2e-3, cosine=True, warmup_steps=pick(0, 20, 500, profile=profile),
                     log_every=pick(2, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
