@@ -145,6 +145,6 @@ def test_recipes_train_once_then_load():
     with pytest.raises(TypeError, match="unknown overrides"):
         train_photo_vqvae2("smoke", colour=True)
     top, bottom = model.encode(torch.rand(6, 3, 16, 16))
-    top_prior, bottom_prior, histories = train_photo_priors(model, top, bottom, "smoke", test=(top, bottom))
+    top_prior, bottom_prior, histories = train_photo_priors(model, top, bottom, "smoke", val=(top, bottom))
     assert histories["bottom"].last("bits_per_dim") > 0
     assert bottom_prior.sample(top[:2]).shape == (2, 4, 4) and top_prior.sample(2, (2, 2)).shape == (2, 2, 2)
