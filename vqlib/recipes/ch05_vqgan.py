@@ -80,10 +80,12 @@ def vqgan_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The training budget of every chapter 5 autoencoder; Adam's betas (0.5, 0.9) as in the paper's code.
 
     The learning rate decays (cosine): GAN training ends on a steadier model than at a constant rate.
+    ``quick`` is sized in steps so that chapter 5 (three autoencoder runs, two PhotoNets, a prior) runs
+    in about 2.5 minutes on a 2-core CPU; ``eval_every`` divides half the steps (the warm-up comparison).
     """
-    defaults = dict(steps=pick(8, 500, 40_000, profile=profile), batch_size=pick(8, 16, 32, profile=profile),
+    defaults = dict(steps=pick(8, 240, 40_000, profile=profile), batch_size=pick(8, 16, 32, profile=profile),
                     lr=pick(1e-3, 1e-3, 2e-4, profile=profile), betas=(0.5, 0.9), cosine=True,
-                    eval_every=pick(4, 50, 5000, profile=profile), log_every=pick(2, 10, 100, profile=profile))
+                    eval_every=pick(4, 40, 5000, profile=profile), log_every=pick(2, 8, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
 
 
@@ -163,7 +165,7 @@ def train_vqgan_prior(model: VQGAN, profile: str | None = None, **overrides) -> 
     tokens, labels = prior_data(model, profile).tensors
     gpt_config = GPTConfig.for_profile(model.config.codebook_size, tokens.shape[1], num_classes=len(TRAIN_PHOTOS),
                                        profile=profile)
-    config = TrainConfig(**{**dict(steps=pick(6, 300, 20_000, profile=profile), batch_size=pick(8, 32, 64, profile=profile),
+    config = TrainConfig(**{**dict(steps=pick(6, 200, 20_000, profile=profile), batch_size=pick(8, 32, 64, profile=profile),
                                    lr=pick(3e-3, 3e-3, 5e-4, profile=profile), warmup_steps=pick(0, 20, 500, profile=profile),
                                    cosine=True, log_every=pick(2, 25, 100, profile=profile)), **overrides})
     seed_everything(config.seed)
