@@ -240,3 +240,21 @@ def test_recipes_run_in_smoke():
     assert not any("perceptual" in r or "lambda" in r for r in base_history.train)
     gpt, prior_history = train_vqgan_prior(model, profile="smoke", steps=2)
     assert gpt.config.num_classes == len(TRAIN_PHOTOS) and prior_history.steps == 2
+
+
+def test_frechet_ci_matches_the_two_distances_and_its_sign_follows_the_worse_model():
+    from vqlib.core.metrics import frechet_distance
+    from vqlib.recipes.ch05_vqgan import frechet_ci
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 3, generator=g)
+    close = real + 0.1 * torch.randn(200, 3, generator=g)  # a model whose features match the real ones
+    far = 2 * real + 1  # one whose features do not
+    interval = frechet_ci(far, close, real, n_boot=200)
+    assert interval.estimate == pytest.approx(frechet_distance(far, real) - frechet_distance(close, real))
+    assert interval.low > 0 and interval.sign == 1 and (-interval).sign == -1
+    assert frechet_ci(far, close, real, n_boot=200) == interval  # seeded
+    same = frechet_ci(close, close, real, n_boot=200)
+    assert same.estimate == 0 and same.sign == 0
+    with pytest.raises(ValueError, match="same crops"):
+        frechet_ci(far[:10], close, real)

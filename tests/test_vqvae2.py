@@ -145,6 +145,29 @@ def test_recipes_train_once_then_load():
     with pytest.raises(TypeError, match="unknown overrides"):
         train_photo_vqvae2("smoke", colour=True)
     top, bottom = model.encode(torch.rand(6, 3, 16, 16))
-    top_prior, bottom_prior, histories = train_photo_priors(model, top, bottom, "smoke", test=(top, bottom))
+    top_prior, bottom_prior, histories = train_photo_priors(model, top, bottom, "smoke", val=(top, bottom))
     assert histories["bottom"].last("bits_per_dim") > 0
     assert bottom_prior.sample(top[:2]).shape == (2, 4, 4) and top_prior.sample(2, (2, 2)).shape == (2, 2, 2)
+
+
+def test_per_image_scores_average_to_the_batch_scores_and_bits_per_code_to_bits_per_dim():
+    from vqlib.core.metrics import psnr, ssim
+    from vqlib.priors.base import bits_per_dim
+    from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
+    from vqlib.recipes.ch04_vqvae2 import bits_per_code, per_image_scores
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    x_hat = (x + 0.1 * torch.randn(6, 3, 16, 16, generator=g)).clamp(0, 1)
+    x_hat[0] = x[0]  # a perfect reconstruction scores SSIM 1
+    scores = per_image_scores(x, x_hat)
+    assert scores["psnr"].shape == scores["ssim"].shape == (6,)
+    torch.testing.assert_close(scores["psnr"].mean(), psnr(x, x_hat))
+    torch.testing.assert_close(scores["ssim"].mean(), ssim(x, x_hat))
+    assert scores["ssim"][0] == pytest.approx(1.0) and (scores["ssim"][1:] < 1).all()
+    torch.manual_seed(0)
+    prior = PixelCNN(PixelCNNConfig(vocab_size=16, n_layers=2, hidden=8))
+    tokens = torch.randint(16, (5, 4, 4), generator=g)
+    per_map = bits_per_code(prior, tokens, batch_size=2)
+    assert per_map.shape == (5,) and prior.training  # the mode is restored
+    assert per_map.mean().item() == pytest.approx(bits_per_dim(prior, tokens), rel=1e-6)

@@ -6,7 +6,7 @@ of weights can be downloaded here, so chapter 5 trains two small networks on cro
 training photographs (``vqlib.data.photos``), each on a self-supervised task that needs no labels but
 the crops themselves:
 
-- task ``"photo"``: which of the training photographs a crop was cut from (8 classes). A
+- task ``"photo"``: which of the training photographs a crop was cut from (``len(TRAIN_PHOTOS)`` classes). A
   classifier, like VGG-16 is an ImageNet classifier: telling an astronaut's suit from a
   motorcycle's engine at several scales needs colour, edge and texture features. These drive the
   perceptual loss (``vqlib.losses.perceptual``).
@@ -21,7 +21,7 @@ stage's activations, ``embed`` the pooled last stage), ``task_batch`` (the input
 task), ``train_photo_net`` (trained with ``vqlib.training.loop.fit``, cached), ``embed_images``.
 
 Left out: everything that makes VGG and Inception strong (millions of labelled images, depth,
-batch norm, augmentation); these networks know eight photographs and are only comparable within
+batch norm, augmentation); these networks know a handful of photographs and are only comparable within
 the book.
 
 Dimension key: B batch, N examples, S crop side, C channels, F feature width (the last stage).
@@ -149,13 +149,13 @@ def train_photo_net(task: str, size: int = 32, profile: str | None = None, **ove
     """A PhotoNet trained on crops of the training photographs for ``task``, cached.
 
     The evaluation is the task accuracy on other crops of the training photographs ("photo") or on
-    crops of the test photographs ("rotation"). ``overrides`` set fields of TrainConfig.
+    crops of the validation photograph ("rotation"). ``overrides`` set fields of TrainConfig.
     """
     from vqlib.data.photos import photos
 
     config = PhotoNetConfig.for_profile(task, profile=profile)
     batch = pick(16, 32, 64, profile=profile) // (2 if task == "rotation" else 1)  # rotation: 4 copies of each crop
-    train_config = TrainConfig(**{**dict(steps=pick(10, 300, 3000, profile=profile), batch_size=batch, lr=3e-3,
+    train_config = TrainConfig(**{**dict(steps=pick(10, 200, 3000, profile=profile), batch_size=batch, lr=3e-3,
                                          cosine=True, log_every=pick(5, 25, 100, profile=profile),
                                          seed=TASKS.index(task)), **overrides})
     n = pick(16, 256, 1024, profile=profile)

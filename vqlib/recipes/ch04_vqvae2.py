@@ -3,7 +3,8 @@
 What is in it: ``train_photo_vqvae2`` (the two-level model of ``vqlib.tokenizers.vqvae2``),
 ``train_photo_vqvae`` (the one-level baseline: a chapter 2 VQ-VAE at factor 4 whose codebook gets the
 two-level model's code bits, ``equal_bits_codebook_size``), both trained by ``fit_on_photos`` on
-``photos("train")`` and scored as they train on ``photos("val")`` (``image_scores``: PSNR and SSIM), and
+``photos("train")`` and scored as they train on ``photos("val")`` (``image_scores``: PSNR and SSIM);
+``per_image_scores`` and ``bits_per_code`` give one number per image, for ``bootstrap_ci``; and
 ``train_photo_priors`` (stage 2, a PixelCNN over the top codes; stage 3, a ``BottomPrior`` GPT over
 the bottom codes given the top). Every recipe trains once per profile and config, then loads from
 the checkpoint cache.
@@ -15,12 +16,14 @@ ht wt top code map.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from vqlib.core.inference import reconstruct
+from vqlib.core.device import model_device, to_device
+from vqlib.core.inference import evaluating, reconstruct
 from vqlib.core.metrics import psnr, ssim
 from vqlib.core.profile import pick, seed_everything
 from vqlib.data.photos import photos
@@ -33,16 +36,48 @@ from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.loop import History, TrainConfig, fit, split_overrides
 
 
+def per_image_scores(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """PSNR (dB) and SSIM of each image: x, x_hat (N, C, H, W) in [0, 1] -> {"psnr": (N,), "ssim": (N,)}.
+
+    Their means are ``psnr(x, x_hat)`` and ``ssim(x, x_hat)``; per image, two models scored on the
+    same images give a paired ``bootstrap_ci``.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    psnr(x, x_hat)  # checks the shapes and finiteness
+    ssim_each = structural_similarity_index_measure(x_hat.float(), x.float(), data_range=1.0, reduction="none")
+    return {"psnr": psnr(x, x_hat, reduction="none"), "ssim": ssim_each.reshape(len(x))}
+
+
 def image_scores(model: nn.Module, data: TensorDataset) -> dict[str, float]:
-    """Held-out PSNR (dB) and SSIM of a model's reconstructions of ``data``."""
+    """Mean PSNR (dB) and SSIM of a model's reconstructions of ``data`` (training-time evaluation on val)."""
     x = data.tensors[0]
-    x_hat = reconstruct(model, x)
-    return {"psnr": float(psnr(x, x_hat)), "ssim": float(ssim(x, x_hat))}
+    return {k: float(v.mean()) for k, v in per_image_scores(x, reconstruct(model, x)).items()}
+
+
+@torch.no_grad()
+def bits_per_code(prior: nn.Module, tokens: torch.Tensor, cond: torch.Tensor | None = None,
+                  batch_size: int = 500) -> torch.Tensor:
+    """Each code map's negative log2-likelihood per code under ``prior``: tokens (N, ...) -> (N,) on the CPU.
+
+    The mean is ``bits_per_dim(prior, tokens, cond)``; per map, for a paired ``bootstrap_ci``.
+    """
+    device = model_device(prior)
+    out = []
+    with evaluating(prior):
+        for start in range(0, len(tokens), batch_size):
+            part = slice(start, start + batch_size)
+            c = None if cond is None else to_device(cond[part], device)
+            out.append(prior.nll(to_device(tokens[part], device), c).double().cpu())
+    return torch.cat(out) / math.log(2)
 
 
 def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
-    """The training budget of the chapter 4 autoencoders (both get the same)."""
-    defaults = dict(steps=pick(10, 600, 30_000, profile=profile), batch_size=pick(16, 16, 128, profile=profile),
+    """The training budget of the chapter 4 autoencoders (both get the same), in steps.
+
+    ``quick`` is sized so that chapter 4 runs in about 2.5 minutes on a 2-core CPU, priors included.
+    """
+    defaults = dict(steps=pick(10, 400, 30_000, profile=profile), batch_size=pick(16, 16, 128, profile=profile),
                     lr=pick(2e-3, 2e-3, 3e-4, profile=profile), cosine=True,
                     log_every=pick(5, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
@@ -83,28 +118,29 @@ def train_photo_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, H
 
 def prior_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The training budget of each chapter 4 prior."""
-    defaults = dict(steps=pick(10, 250, 20_000, profile=profile), batch_size=pick(16, 16, 64, profile=profile),
+    defaults = dict(steps=pick(10, 200, 20_000, profile=profile), batch_size=pick(16, 16, 64, profile=profile),
                     lr=pick(3e-3, 3e-3, 5e-4, profile=profile), warmup_steps=pick(0, 20, 500, profile=profile),
                     cosine=True, log_every=pick(5, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
 
 
 def train_photo_priors(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, profile: str | None = None,
-                       test: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[PixelCNN, BottomPrior, dict]:
+                       val: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[PixelCNN, BottomPrior, dict]:
     """Stages 2 and 3: a PixelCNN over the top codes, then a GPT over the bottom codes given the top.
 
-    top (N, ht, wt) and bottom (N, h, w) are the training codes (``model.encode``); ``test`` adds
-    held-out bits per code to the histories. Both priors are cached, keyed by the codes.
+    top (N, ht, wt) and bottom (N, h, w) are the training codes (``model.encode``); ``val`` = the (top,
+    bottom) codes of ``photos("val")`` adds validation bits per code to the histories. Both priors are
+    cached, keyed by the codes.
     Returns (top prior, bottom prior, {"top": History, "bottom": History}).
     """
     k = model.config.codebook_size
     config = prior_train_config(profile)
     top_prior = PixelCNN(PixelCNNConfig.for_profile(k, profile=profile))
     top_history = train_prior(top_prior, top, config, "photo-top-prior",
-                              test=None if test is None else (test[0], None))
+                              test=None if val is None else (val[0], None))
     small = pick(smoke={}, quick=dict(n_layer=2, n_head=2, n_embd=64), full={}, profile=profile)  # 320 tokens on a CPU
     gpt_config = GPTConfig.for_profile(k, block_size=top[0].numel() + bottom[0].numel(), profile=profile, **small)
     bottom_prior = BottomPrior(gpt_config, top.shape[1:], bottom.shape[1:])
     bottom_history = train_prior(bottom_prior, bottom, config, "photo-bottom-prior", cond=top,
-                                 test=None if test is None else (test[1], test[0]))
+                                 test=None if val is None else (val[1], val[0]))
     return top_prior, bottom_prior, {"top": top_history, "bottom": bottom_history}
