@@ -180,6 +180,25 @@ def test_importance_weighted_bound_with_one_sample_is_the_single_sample_elbo(vae
     torch.testing.assert_close(iwae, log_w.detach())
 
 
+def test_vae_scores_are_per_image_and_average_to_evaluate_vae(vae: VAE) -> None:
+    from vqlib.core.metrics import psnr
+    from vqlib.tokenizers.vae import evaluate_vae, vae_scores
+
+    x = images(7, seed=3)
+    per_image = vae_scores(vae, x, batch_size=3, seed=2)  # chunks of 3, 3 and 1: all seven come back
+    assert set(per_image) == {"neg_elbo", "reconstruction", "kl", "psnr"}
+    assert all(v.shape == (7,) for v in per_image.values())
+    torch.testing.assert_close(per_image["neg_elbo"], per_image["reconstruction"] + per_image["kl"])
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        torch.testing.assert_close(per_image["kl"], gaussian_kl(mu, logvar))  # the closed form, per image
+        torch.testing.assert_close(per_image["psnr"], psnr(x, torch.sigmoid(vae.decoder(mu)), reduction="none"))
+    means = evaluate_vae(vae, x, batch_size=3, seed=2)
+    for name, values in per_image.items():
+        assert means[name] == pytest.approx(values.double().mean().item(), rel=1e-6)
+    assert evaluate_vae(vae, x, batch_size=3, seed=4)["reconstruction"] != means["reconstruction"]  # seeded z
+
+
 def test_active_units_finds_the_unused_latent() -> None:
     mu = torch.randn(500, 3)
     mu[:, 1] = 0.3  # the same posterior mean for every input: carries no information

@@ -3,7 +3,8 @@
 What is in it: ``vae_train_config`` (the training run both models share, sized for a profile),
 ``train_mnist_vae`` (a beta-VAE of ``vqlib.tokenizers.vae``; one checkpoint per latent size and
 beta) and ``train_mnist_autoencoder`` (the deterministic baseline; one checkpoint per latent size).
-Both evaluate on the MNIST test split as they train and cache the trained weights with their history.
+Both evaluate on the MNIST validation split as they train (the test split is left for the chapter's final
+numbers) and cache the trained weights with their history.
 """
 
 from __future__ import annotations

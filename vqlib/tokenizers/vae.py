@@ -11,7 +11,8 @@ What is in it:
 - ``Autoencoder``: the same encoder and decoder with no noise and no KL: the deterministic baseline.
 - ``active_units`` (Burda et al., 2016) to measure posterior collapse, and
   ``importance_log_likelihood``, the importance-weighted estimate of log p(x) (Burda et al., 2016).
-- ``evaluate_vae`` / ``evaluate_autoencoder``: held-out nats per image and PSNR.
+- ``vae_scores`` (per image) / ``evaluate_vae`` (means) / ``evaluate_autoencoder``: held-out nats per
+  image and PSNR.
 
 The recipes that train these models on MNIST are in ``vqlib.recipes.ch01_vae``.
 
@@ -24,7 +25,11 @@ are grey levels in [0, 1], not bits, so we read a grey image x as the distributi
 binarisation b ~ Bernoulli(x) (each pixel on with probability x). The binary cross-entropy with
 grey targets, sum_i x_i log p_i + (1 - x_i) log(1 - p_i), is exactly E_b[log p(b|z)], and the
 "ELBO" computed with it is a true lower bound on E_b[log p(b)]: the expected log-likelihood of a
-random binarisation of the digit. So every number below is in honest nats per image.
+random binarisation of the digit, which is what training maximises. For a *fixed* binary image b
+(``vqlib.data.mnist.binarize``) the same functions give bounds on log p(b) itself: the ELBO, and
+``importance_log_likelihood``, which tends to log p(b) as its samples grow. On grey targets the
+importance-weighted number does not tend to any log-likelihood (the expectation over b sits inside
+its log), which is why Chapter 1 reports its likelihoods on binarised test digits.
 
 Dimension key: B batch, C channels, H W height and width, D latent dimensions (``latent_dim``),
 K importance samples, N examples in a dataset.
@@ -316,27 +321,37 @@ def importance_log_likelihood(model: VAE, x: torch.Tensor, samples: int = 64,
 
 
 @torch.no_grad()
-def evaluate_vae(model: VAE, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Held-out numbers of a VAE on images x (N, C, H, W), in nats per image and dB.
+def vae_scores(model: VAE, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per-image held-out numbers of a VAE on images x (N, C, H, W): four (N,) tensors on the CPU.
 
-    ``neg_elbo`` (beta = 1) = ``reconstruction`` + ``kl``, one seeded sample of z per image; ``psnr``
-    of the mean image decoded from z = mu. The model is put in eval mode and left there.
+    ``reconstruction`` -log p(x|z) and ``kl`` in nats (one seeded sample of z per image), ``neg_elbo``
+    (beta = 1) their sum, and ``psnr`` (dB) of the mean image decoded from z = mu. Per image, so that
+    two models scored on the same images can be compared with ``vqlib.core.metrics.bootstrap_ci``.
+    The model is put in eval mode and left there.
     """
     from vqlib.core.metrics import psnr
 
     model.eval()
     device, g = model_device(model), torch.Generator().manual_seed(seed)
-    sums = {"reconstruction": 0.0, "kl": 0.0, "psnr": 0.0}
+    parts: dict[str, list[torch.Tensor]] = {"reconstruction": [], "kl": [], "psnr": []}
     for chunk in x.split(batch_size):
         chunk = to_device(chunk, device)
         mu, logvar = model.encode(chunk)  # (b, D)
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g).to(mu)  # (b, D)
         reconstruction, kl = elbo_terms(VAEOutput(model.decoder(z), mu, logvar, z), chunk)  # (b,), (b,)
-        sums["reconstruction"] += reconstruction.sum().item()
-        sums["kl"] += kl.sum().item()
-        sums["psnr"] += psnr(chunk, torch.sigmoid(model.decoder(mu))).item() * len(chunk)
-    out = {k: v / len(x) for k, v in sums.items()}
+        parts["reconstruction"].append(reconstruction.float().cpu())
+        parts["kl"].append(kl.float().cpu())
+        parts["psnr"].append(psnr(chunk, torch.sigmoid(model.decoder(mu)), reduction="none").float().cpu())
+    out = {k: torch.cat(v) for k, v in parts.items()}
     return {"neg_elbo": out["reconstruction"] + out["kl"], **out}
+
+
+def evaluate_vae(model: VAE, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Held-out numbers of a VAE on images x (N, C, H, W), in nats per image and dB: the means of
+    ``vae_scores`` (``neg_elbo`` = ``reconstruction`` + ``kl``, one seeded sample of z per image;
+    ``psnr`` of the mean image decoded from z = mu). The model is put in eval mode and left there.
+    """
+    return {k: v.double().mean().item() for k, v in vae_scores(model, x, batch_size, seed).items()}
 
 
 @torch.no_grad()
