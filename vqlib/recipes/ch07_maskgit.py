@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 
 from vqlib.core.compute import step_flops
 from vqlib.core.inference import in_batches
-from vqlib.core.profile import pick
+from vqlib.core.profile import pick, seed_everything
 from vqlib.data.mnist import mnist
 from vqlib.priors.base import prior_loss
 from vqlib.priors.gpt import GPT, GPTConfig
@@ -81,6 +81,7 @@ def train_mnist_maskgit(profile: str | None = None, progress: bool | None = None
     codes_train = in_batches(vqvae.encode, vqvae, x_train).flatten(1)  # (N, L)
     codes_val = in_batches(vqvae.encode, vqvae, x_val).flatten(1)
     K, L = vqvae.config.codebook_size, codes_train.shape[1]
+    seed_everything(0)  # the chapter's SEED: the same initial weights as the chapter's priors
     model = MaskGIT(MaskGITConfig.for_profile(K, L, profile, num_classes=10))
     gpt = GPT(GPTConfig.for_profile(K, block_size=L, num_classes=10, profile=profile, dropout=model.config.dropout))
     training = mnist_maskgit_train_config(profile)
