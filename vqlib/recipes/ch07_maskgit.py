@@ -53,10 +53,10 @@ def mnist_maskgit_train_config(profile: str | None = None) -> TrainConfig:
     """The GPT's budget in Chapter 7 (Chapter 3's settings); MaskGIT's steps are set from it by
     floating-point operations (``equal_compute_steps``). ``quick`` is sized so that Chapter 7, both
     priors trained, runs in about two minutes on two CPU cores."""
-    return TrainConfig(steps=pick(10, 800, 8000, profile=profile), batch_size=pick(16, 32, 128, profile=profile),
+    return TrainConfig(steps=pick(10, 640, 8000, profile=profile), batch_size=pick(16, 32, 128, profile=profile),
                        lr=pick(5e-3, 5e-3, 1e-3, profile=profile), warmup_steps=pick(0, 20, 200, profile=profile),
                        cosine=True, log_every=pick(5, 25, 100, profile=profile),
-                       eval_every=pick(5, 200, 1000, profile=profile))
+                       eval_every=pick(5, 160, 1000, profile=profile))
 
 
 def equal_compute_steps(gpt: GPT, model: MaskGIT, batch: tuple[torch.Tensor, torch.Tensor | None],
