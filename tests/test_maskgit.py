@@ -12,7 +12,7 @@ from vqlib.priors.base import prior_loss
 from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.priors.maskgit import (MaskGIT, MaskGITConfig, gamma, mask_counts, masked_bits, masked_cross_entropy,
                                   maskgit_loss, random_mask)
-from vqlib.recipes.ch07_maskgit import holdout_split
+from vqlib.recipes.ch07_maskgit import equal_compute_steps
 from vqlib.training.loop import TrainConfig, fit
 
 K, L = 7, 12
@@ -144,17 +144,19 @@ def test_step_flops_counts_a_training_step_without_touching_the_model():
     assert 1 < flops / step_flops(gpt, prior_loss, batch) < (L + 1) / L + 0.05
 
 
-def test_holdout_split_is_disjoint_seeded_and_covers_everything():
-    train, held = holdout_split(100, 20, seed=3)
-    assert len(train) == 80 and len(held) == 20
-    assert not set(train.tolist()) & set(held.tolist())  # no training example is held out
-    assert sorted(train.tolist() + held.tolist()) == list(range(100))
-    again = holdout_split(100, 20, seed=3)
-    assert torch.equal(again[0], train) and torch.equal(again[1], held)
-    assert not torch.equal(holdout_split(100, 20, seed=4)[1], held)
-    for bad in (0, 100, -1):
-        with pytest.raises(ValueError, match="n_holdout"):
-            holdout_split(100, bad)
+def test_equal_compute_steps_match_the_gpts_operations():
+    torch.manual_seed(0)
+    net = MaskGIT(MaskGITConfig(vocab_size=K, block_size=L, n_layer=2, n_head=2, n_embd=16, num_classes=3))
+    gpt = GPT(GPTConfig(vocab_size=K, block_size=L, n_layer=2, n_head=2, n_embd=16, num_classes=3))
+    batch = (torch.randint(0, K, (4, L)), torch.randint(0, 3, (4,)))
+    ratio = step_flops(gpt, prior_loss, batch) / step_flops(net, maskgit_loss, batch)
+    assert ratio < 1  # a MaskGIT step runs one more position: fewer steps for the same operations
+    for gpt_steps in (1, 7, 1000):
+        steps = equal_compute_steps(gpt, net, batch, gpt_steps)
+        assert steps == max(1, round(gpt_steps * ratio))
+    assert equal_compute_steps(gpt, net, batch, 1000) < 1000
+    with pytest.raises(ValueError, match="gpt_steps"):
+        equal_compute_steps(gpt, net, batch, 0)
 
 
 def test_unmasked_positions_get_no_gradient_and_masked_ones_do():

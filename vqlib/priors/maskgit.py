@@ -80,7 +80,7 @@ class MaskGITConfig:
         """The book's size for ``profile`` (default: the current one), as ``GPTConfig.for_profile``;
         ``overrides`` set any field."""
         sizes = pick(smoke=dict(n_layer=1, n_head=2, n_embd=16, dropout=0.1),
-                     quick=dict(n_layer=3, n_head=4, n_embd=64, dropout=0.1),  # Chapter 7: 44 epochs of 3,500 maps
+                     quick=dict(n_layer=3, n_head=4, n_embd=64, dropout=0.1),  # the quick GPT's size
                      full=dict(n_layer=8, n_head=8, n_embd=256, dropout=0.1), profile=profile)
         return cls(vocab_size=vocab_size, block_size=block_size, **{**sizes, **overrides})
 
