@@ -122,8 +122,11 @@ def frechet_interval(samples: torch.Tensor, real: torch.Tensor, other: torch.Ten
     set of samples resampled on its own (``bootstrap_ci(..., paired=False)``).
 
     The real features stay fixed: the interval is the spread due to which samples were drawn,
-    not due to which real digits were compared with. Each resample costs one distance, so
-    ``n_boot`` is smaller than ``bootstrap_ci``'s default.
+    not due to which real digits were compared with. A resample repeats some samples, which
+    shrinks their spread, so the distance of one resampled set is biased upwards and its interval
+    may lie above the estimate; in a difference of two sets the bias largely cancels, so give
+    verdicts from differences. Each resample costs one distance, so ``n_boot`` is smaller than
+    ``bootstrap_ci``'s default.
     """
     pool = samples if other is None else torch.cat([samples, other])  # (N + N', F)
 
