@@ -29,7 +29,7 @@ from vqlib.training.loop import History, TrainConfig, fit
 
 def prior_train_config(profile: str | None = None) -> TrainConfig:
     """The training run of every Chapter 3 prior (PixelCNN, GPT, class-conditional GPT), for ``profile``."""
-    return TrainConfig(steps=pick(smoke=10, quick=600, full=8000, profile=profile),
+    return TrainConfig(steps=pick(smoke=10, quick=500, full=8000, profile=profile),
                        batch_size=pick(smoke=16, quick=32, full=128, profile=profile),
                        lr=pick(smoke=5e-3, quick=5e-3, full=1e-3, profile=profile),
                        warmup_steps=pick(smoke=0, quick=20, full=200, profile=profile), cosine=True,
