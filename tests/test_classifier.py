@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from vqlib.core.metrics import frechet_distance
 from vqlib.judges.classifier import (Classifier, ClassifierConfig, accuracy, classifier_loss, features,
-                                     train_mnist_classifier)
+                                     frechet_interval, hits, train_mnist_classifier)
 
 
 def test_shapes_and_features():
@@ -65,3 +66,29 @@ def test_bad_input():
         model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
     with pytest.raises(ValueError, match="one label per image"):
         accuracy(model, torch.rand(4, 1, 28, 28), torch.zeros(3, dtype=torch.long))
+
+
+def test_hits_are_per_image_and_average_to_the_accuracy():
+    model = Classifier(ClassifierConfig(channels=(4, 8), feature_dim=16)).eval()
+    x = torch.rand(9, 1, 28, 28)
+    predicted = model(x).argmax(1)
+    y = torch.where(torch.arange(9) < 4, predicted, (predicted + 1) % 10)  # the first 4 right, the rest wrong
+    assert hits(model, x, y, batch_size=4).tolist() == [1.0] * 4 + [0.0] * 5
+    assert accuracy(model, x, y) == pytest.approx(4 / 9)
+    with pytest.raises(ValueError, match="one label per image"):
+        hits(model, x, y[:3])
+
+
+def test_frechet_interval_holds_the_distance_and_tells_near_from_far_samples():
+    torch.manual_seed(0)
+    real = torch.randn(400, 3)
+    near, far = torch.randn(300, 3) + 0.1, torch.randn(300, 3) + 1.5
+    single = frechet_interval(far, real, n_boot=100)
+    assert single.estimate == pytest.approx(frechet_distance(far, real))
+    assert single.low < single.high
+    diff = frechet_interval(far, real, near, n_boot=100)
+    assert diff.estimate == pytest.approx(frechet_distance(far, real) - frechet_distance(near, real))
+    assert diff.sign == 1 and (-diff).sign == -1
+    same = frechet_interval(torch.randn(300, 3) + 0.1, real, near, n_boot=100)
+    assert same.sign == 0  # two draws from one distribution: no clear difference
+    assert frechet_interval(far, real, near, n_boot=100) == diff  # seeded

@@ -198,3 +198,17 @@ def test_greedy_sample_with_a_context_is_the_argmax_of_its_own_logits():
     assert torch.equal(samples[0], samples[1]) and samples[0].shape == (4, L - P)
     assert torch.equal(gpt(samples[0], context=context)[:, :-1].argmax(-1), samples[0][:, 1:])
     assert not torch.equal(samples[0], gpt.sample(4, L - P, top_k=1, context=torch.randn(4, P, 16)))
+
+
+def test_the_cache_cuts_the_counted_matrix_work_of_sampling_to_one_token_per_step():
+    """Counted multiply-adds (``call_flops``; on the CPU torch counts the linear layers' matrix
+    products): without the cache step t feeds t + 1 positions, with it one, so the ratio is
+    (L + 1) / 2 for L tokens, the same on every run."""
+    from vqlib.core.compute import call_flops
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=7, block_size=9, n_layer=2, n_head=2, n_embd=16)).eval()
+    with_cache = call_flops(lambda: gpt.sample(3, 9, use_cache=True))
+    without = call_flops(lambda: gpt.sample(3, 9, use_cache=False))
+    assert with_cache > 0 and without / with_cache == pytest.approx((9 + 1) / 2)
+    assert call_flops(lambda: gpt.sample(6, 9, use_cache=True)) == 2 * with_cache  # linear in the samples

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from vqlib.priors.base import bits_per_dim, check_cond, check_tokens, prior_loss, sample_from_logits
+from vqlib.priors.base import (bits_per_dim, check_cond, check_tokens, label_mixture_bits, prior_loss,
+                               sample_from_logits, sequence_bits)
 from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
-from vqlib.recipes.ch03_priors import train_prior
+from vqlib.recipes.ch03_priors import bernoulli_bits, prior_train_config, train_prior, two_part_bits
 
 
 def test_top_k_one_is_argmax_and_uses_no_randomness():
@@ -176,3 +177,71 @@ def test_overfits_one_batch(kind):
         opt.step()
     # only the first token of each map is uncertain once the batch is memorised: about log(K) / L is reachable
     assert prior.nll(tokens).mean().item() < before / 5
+
+
+# ----------------------------------------------------------------------------- per-item code lengths
+
+def test_sequence_bits_sums_the_per_token_nll_and_averages_to_bits_per_dim():
+    prior, shape = tiny("gpt", num_classes=3)
+    tokens, cond = torch.randint(0, 6, (7, *shape)), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    bits = sequence_bits(prior, tokens, cond, batch_size=3)
+    assert bits.shape == (7,) and bits.dtype == torch.float64
+    expected = prior.nll(tokens, cond).double() * shape[0] / math.log(2)
+    torch.testing.assert_close(bits, expected.detach())
+    assert bits.mean().item() / shape[0] == pytest.approx(bits_per_dim(prior, tokens, cond), rel=1e-6)
+    assert sequence_bits(Uniform(37), torch.zeros(3, 7, 7, dtype=torch.long)).tolist() == \
+        pytest.approx([49 * math.log2(37)] * 3)
+
+
+def test_label_mixture_is_a_normalised_prior_and_costs_at_most_the_label_plus_the_tokens():
+    prior, _ = tiny("pixelcnn", vocab_size=3, num_classes=2)
+    maps = torch.tensor(list(itertools.product(range(3), repeat=4))).view(81, 2, 2)  # all 3^4 maps
+    mixture = label_mixture_bits(prior, maps, num_classes=2, batch_size=20)
+    assert torch.exp2(-mixture).sum().item() == pytest.approx(1.0, abs=1e-6)
+    for label in (0, 1):
+        given = sequence_bits(prior, maps, torch.full((81,), label))
+        assert (mixture <= given + 1 + 1e-9).all()  # log2 2 = 1 bit for the label
+    by_hand = -torch.log2((torch.exp2(-sequence_bits(prior, maps, torch.zeros(81, dtype=torch.long)))
+                           + torch.exp2(-sequence_bits(prior, maps, torch.ones(81, dtype=torch.long)))) / 2)
+    torch.testing.assert_close(mixture, by_hand)
+
+
+def test_bernoulli_bits_match_the_formula_and_clamping_bounds_every_pixel():
+    x = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])  # (1, 2, 2)
+    mean = torch.tensor([[[0.5, 0.25], [1.0, 0.0]]])  # the last pixel is certain, and wrong
+    eps = 1e-3
+    expected = -(math.log2(0.5) + math.log2(0.75) + math.log2(1 - eps) + math.log2(eps))
+    assert bernoulli_bits(x, mean, eps).item() == pytest.approx(expected)
+    torch.manual_seed(0)
+    mean = torch.rand(5, 1, 3, 3)  # all 2^9 binary images of 3x3 pixels: probabilities sum to one
+    images = torch.tensor(list(itertools.product((0.0, 1.0), repeat=9))).view(512, 1, 3, 3)
+    for row in range(5):
+        bits = bernoulli_bits(images, mean[row].expand(512, 1, 3, 3), eps=0.1)
+        assert torch.exp2(-bits).sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="binary"):
+        bernoulli_bits(torch.full((1, 2, 2), 0.5), torch.rand(1, 2, 2))
+    with pytest.raises(ValueError, match="eps"):
+        bernoulli_bits(x, x, eps=0.0)
+
+
+def test_two_part_code_adds_the_prior_bits_and_bounds_minus_log_p_x():
+    """For a toy model with 3 codes the exact -log2 p(x) = -log2 sum_z p(z) p(x|z) is computable:
+    the two-part code of the best z is never shorter."""
+    torch.manual_seed(0)
+    p_z = torch.tensor([0.5, 0.3, 0.2])
+    means = torch.rand(3, 1, 2, 2)  # the decoder's output for each code
+    x = torch.bernoulli(torch.full((6, 1, 2, 2), 0.5))
+    per_code = torch.stack([two_part_bits(x, means[z].expand_as(x), torch.full((6,), -math.log2(p_z[z])), 1e-3)
+                            for z in range(3)])  # (3, N)
+    exact = -torch.logsumexp(-per_code * math.log(2), 0) / math.log(2)  # -log2 sum_z p(z) p(x|z)
+    assert (per_code.min(0).values >= exact - 1e-9).all()
+    torch.testing.assert_close(per_code[1] - bernoulli_bits(x, means[1].expand_as(x), 1e-3),
+                               torch.full((6,), -math.log2(0.3), dtype=torch.float64))
+    with pytest.raises(ValueError, match="one length per image"):
+        two_part_bits(x, means[0].expand_as(x), torch.zeros(5))
+
+
+def test_prior_budget_is_a_fixed_step_count_per_profile():
+    for profile in ("smoke", "quick", "full"):
+        config = prior_train_config(profile)
+        assert config.steps > 0 and config.max_seconds is None

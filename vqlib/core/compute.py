@@ -46,3 +46,12 @@ def step_flops(model: nn.Module, loss_fn: Callable[[nn.Module, tuple], Mapping[s
     with FlopCounterMode(display=False) as counter:
         loss_fn(net, batch)["loss"].backward()
     return counter.get_total_flops()
+
+
+def call_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of calling ``fn()`` once (counted by ``torch.utils.flop_counter``:
+    matrix products, convolutions and attention), e.g. of sampling with and without a model's cache.
+    A count of operations, the same on every machine, unlike a measured time."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()

@@ -9,7 +9,8 @@ A generative model is scored by a network it never saw. Two scores come from thi
   stand-in. Its values are comparable only within the book: same classifier, same sample counts.
 
 What is in it: ``Classifier`` (two conv/pool stages and an MLP; LeCun et al. 1998 in spirit),
-``features`` and ``accuracy`` for whole datasets in batches, and the recipe
+``features``, ``hits`` and ``accuracy`` for whole datasets in batches, ``frechet_interval`` (the
+distance, or a difference of two, with a bootstrap interval over the samples), and the recipe
 ``train_mnist_classifier`` (trained with ``vqlib.training.loop.fit``, or loaded from the checkpoint cache).
 
 Left out: data augmentation, batch norm, and calibration (the confidences are not calibrated).
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqlib.core.inference import in_batches
+from vqlib.core.metrics import Interval, bootstrap_ci, frechet_distance
 from vqlib.core.profile import pick, seed_everything
 from vqlib.training.checkpoints import checkpoint_path
 from vqlib.training.loop import History, TrainConfig, fit
@@ -98,11 +100,45 @@ def predict(model: Classifier, x: torch.Tensor, batch_size: int = 500) -> torch.
     return in_batches(lambda b: model(b).argmax(1), model, x, batch_size)
 
 
-def accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Fraction of images x (N, 1, 28, 28) whose predicted class equals y (N,)."""
+def hits(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Per image, 1.0 if its predicted class equals its label, else 0.0: x (N, 1, 28, 28), y (N,) -> (N,).
+
+    The per-item values a bootstrap interval of an accuracy resamples (``bootstrap_ci``).
+    """
     if y.shape != (len(x),):
         raise ValueError(f"expected one label per image, shape ({len(x)},), got {tuple(y.shape)}")
-    return (predict(model, x, batch_size) == y.cpu()).float().mean().item()
+    return (predict(model, x, batch_size) == y.cpu()).float()
+
+
+def accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Fraction of images x (N, 1, 28, 28) whose predicted class equals y (N,)."""
+    return hits(model, x, y, batch_size).mean().item()
+
+
+def frechet_interval(samples: torch.Tensor, real: torch.Tensor, other: torch.Tensor | None = None,
+                     n_boot: int = 200, level: float = 0.95, seed: int = 0) -> Interval:
+    """Fréchet distance between features ``samples`` (N, F) and ``real`` (M, F), with a bootstrap
+    interval over the samples; with ``other`` (N', F), of the difference FD(samples) - FD(other), each
+    set of samples resampled on its own (``bootstrap_ci(..., paired=False)``).
+
+    The real features stay fixed: the interval is the spread due to which samples were drawn,
+    not due to which real digits were compared with. A resample repeats some samples, which
+    shrinks their spread, so the distance of one resampled set is biased upwards and its interval
+    may lie above the estimate; in a difference of two sets the bias largely cancels, so give
+    verdicts from differences. Each resample costs one distance, so ``n_boot`` is smaller than
+    ``bootstrap_ci``'s default.
+    """
+    pool = samples if other is None else torch.cat([samples, other])  # (N + N', F)
+
+    def distance(rows: torch.Tensor) -> torch.Tensor:  # rows: (N,) or (n_boot, N) indices into pool
+        rows = rows.long()
+        if rows.dim() == 1:
+            return torch.tensor(frechet_distance(pool[rows], real), dtype=torch.float64)
+        return torch.tensor([frechet_distance(pool[r], real) for r in rows], dtype=torch.float64)
+
+    first = torch.arange(len(samples), dtype=torch.float64)
+    second = None if other is None else len(samples) + torch.arange(len(other), dtype=torch.float64)
+    return bootstrap_ci(first, second, paired=False, stat=distance, n_boot=n_boot, level=level, seed=seed)
 
 
 def mnist_classifier_train_config(profile: str | None = None) -> TrainConfig:

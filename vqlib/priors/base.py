@@ -8,6 +8,9 @@ bottom prior, MaskGIT and the video GPT of later chapters reuse the pieces here.
 - ``sample_from_logits``: one categorical draw per row, with temperature and top-k
   (Holtzman et al. 2020 discuss both); ``top_k=1`` is greedy decoding (argmax, no randomness).
 - ``bits_per_dim``: the negative log-likelihood in bits per token, log2 K for a uniform prior.
+- ``sequence_bits``: -log2 p(tokens) of every sequence (all its tokens together), for per-item error
+  bars; ``label_mixture_bits``: the same for a class-conditional prior averaged over its labels,
+  sum_y p(y) p(tokens | y) with uniform p(y), itself an unconditional prior.
 - ``prior_loss``: the loss function ``vqlib.training.loop.fit`` needs, for a batch ``(tokens,)`` or
   ``(tokens, labels)``; ``vqlib.recipes.ch03_priors.train_prior`` trains a prior on a set of codes
   with it (or loads it from the checkpoint cache, keyed by the codes themselves).
@@ -139,3 +142,41 @@ def bits_per_dim(model: nn.Module, tokens: torch.Tensor, cond: torch.Tensor | No
             c = None if cond is None else to_device(cond[part], device)
             total += float(model.nll(to_device(tokens[part], device), c).double().sum())
     return total / len(tokens) / math.log(2)
+
+
+@torch.no_grad()
+def sequence_bits(model: nn.Module, tokens: torch.Tensor, cond: torch.Tensor | None = None,
+                  batch_size: int = 500) -> torch.Tensor:
+    """-log2 p(tokens[i]) of each whole sequence or map, in bits: tokens (N, ...) -> (N,) float64, on the CPU.
+
+    The sum over all of its tokens (``model.nll`` is the mean over them), so the mean of the result
+    divided by ``tokens[0].numel()`` is ``bits_per_dim``. Per-item values are what a bootstrap
+    interval resamples (``vqlib.core.metrics.bootstrap_ci``).
+    """
+    if len(tokens) == 0:
+        raise ValueError("sequence_bits needs at least one sequence of tokens, got an empty batch")
+    device, per_item = model_device(model), tokens[0].numel()
+    parts = []
+    with evaluating(model):
+        for start in range(0, len(tokens), batch_size):
+            part = slice(start, start + batch_size)
+            c = None if cond is None else to_device(cond[part], device)
+            parts.append(model.nll(to_device(tokens[part], device), c).double().cpu())  # (b,) nats per token
+    return torch.cat(parts) * per_item / math.log(2)  # (N,)
+
+
+@torch.no_grad()
+def label_mixture_bits(model: nn.Module, tokens: torch.Tensor, num_classes: int,
+                       batch_size: int = 500) -> torch.Tensor:
+    """-log2 sum_y (1/num_classes) p(tokens[i] | y) of a class-conditional prior: (N, ...) -> (N,) float64.
+
+    The conditional prior averaged over uniformly drawn labels is a prior over tokens alone, so
+    this is a valid code length without the label; it is at most ``sequence_bits(model, tokens, y)``
+    + log2(num_classes) for every y (the label sent uniformly, then the tokens given it).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    per_label = torch.stack([sequence_bits(model, tokens, torch.full((len(tokens),), y, dtype=torch.long),
+                                           batch_size) for y in range(num_classes)])  # (classes, N) bits
+    log2_p = torch.logsumexp(-per_label * math.log(2), dim=0) / math.log(2) - math.log2(num_classes)
+    return -log2_p  # (N,)
