@@ -152,8 +152,8 @@ def train_mnist_classifier(profile: str | None = None, progress: bool | None = N
                            seed: int | None = None) -> tuple[Classifier, History]:
     """Train the classifier on the MNIST train split, or load it from the checkpoint cache.
 
-    ``seed`` None: the book's classifier (Chapter 3 trains it first; its initial weights come from
-    the global random state). An integer: another classifier, trained the same way from that seed
+    ``seed`` None: the book's classifier (initial weights and batch order from its TrainConfig's
+    seed, so it is the same model whichever chapter trains it first). An integer: another classifier, trained the same way from that seed
     (initial weights and batch order) and cached under its own name: a second judge for the same
     metrics, to see how much a score depends on the network that computes it.
     -> (model in eval mode, history); the history's eval record holds the validation split's
@@ -166,7 +166,7 @@ def train_mnist_classifier(profile: str | None = None, progress: bool | None = N
     name = "mnist-classifier"
     if seed is not None:
         train_config, name = dataclasses.replace(train_config, seed=seed), "mnist-classifier-seeded"
-        seed_everything(seed)
+    seed_everything(train_config.seed)
     val = mnist("val", profile).tensors  # x (N, 1, 28, 28), y (N,)
     model = Classifier(config)
     train = mnist("train", profile)
