@@ -97,3 +97,14 @@ def test_every_failure_while_connecting_is_a_download_error(monkeypatch, error):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     with pytest.raises(DownloadError, match=r"could not download http://example.invalid/y.bin .*put the file at"):
         fetch("http://example.invalid/y.bin", "0" * 32, folder="fake")
+
+
+def test_a_sha1_checks_like_an_md5_and_a_malformed_checksum_is_refused(tmp_path):
+    src = tmp_path / "file.bin"
+    src.write_bytes(BODY)
+    assert fetch(src.as_uri(), hashlib.sha1(BODY).hexdigest(), folder="sha").read_bytes() == BODY
+    with pytest.raises(DownloadError, match="arrived corrupt or changed: sha1"):
+        fetch(src.as_uri(), hashlib.sha1(b"other").hexdigest(), folder="sha2")
+    for bad in ("0" * 31, "0" * 64, "Z" * 32, hashlib.md5(BODY).hexdigest().upper()):
+        with pytest.raises(ValueError, match="MD5 .32 lower-case hex digits. or a SHA-1 .40."):
+            fetch(src.as_uri(), bad, folder="sha3")
