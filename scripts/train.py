@@ -25,6 +25,8 @@ RECIPES = {  # name -> "module:function"; each function trains with vqlib.traini
     "moving-mnist-video-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_tokenizer",  # chapter 8: 3D convolutions
     "moving-mnist-attention-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_attention_vqvae",  # chapter 8: (2+1)D
     "moving-mnist-frame-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_frame_vqvae",  # chapter 8: frame by frame
+    "kth-video-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_kth_tokenizer",  # chapter 8 in full: real video (KTH)
+    "kth-video-prior": "vqlib.recipes.ch09_video_generation:train_kth_video_prior",  # chapter 9 in full: KTH, captioned
     "photo-vqvae2": "vqlib.recipes.ch04_vqvae2:train_photo_vqvae2",  # chapter 4: two levels of codes
     "photo-vqvae": "vqlib.recipes.ch04_vqvae2:train_photo_vqvae",  # chapter 4: one level, the same code bits
     "photo-vqgan": "vqlib.recipes.ch05_vqgan:train_photo_vqgan",  # chapter 5: two optimisers (training.gan.GANStep)

@@ -121,6 +121,18 @@ def test_stride_and_cache(kth_mirror):
     torch.testing.assert_close(data.kth("train", frames=2, size=16, step=1, stride=5).videos, train.videos)
 
 
+def test_full_size_clips_fit_chapter_8s_full_tokenizer(tmp_path, monkeypatch):
+    from vqlib.recipes.ch08_video_tokenizers import CLIP_SIZES, equal_bits_configs
+    from vqlib.tokenizers.video import VideoVQVAE
+
+    full = CLIP_SIZES["full"]
+    monkeypatch.setenv("VQLIB_CACHE", str(tmp_path / "cache"))
+    serve(tmp_path / "server", monkeypatch, frames=2 * full["frames"])  # one clip per video at step 2
+    clips = data.kth("train", frames=full["frames"], size=full["size"])
+    assert clips.videos.shape == (2, full["frames"], 1, full["size"], full["size"])
+    VideoVQVAE(equal_bits_configs("full")["3d"]).check_input(clips.videos)
+
+
 def test_checksum_mismatch_is_a_download_error(kth_mirror, monkeypatch):
     monkeypatch.setitem(data.KTH_FILES, "boxing.zip", "0" * 40)
     with pytest.raises(DownloadError, match=r"boxing\.zip arrived corrupt or changed: sha1"):
@@ -152,3 +164,25 @@ def test_without_pyav_the_error_says_what_to_install(kth_mirror, monkeypatch):
     with pytest.raises(ModuleNotFoundError, match="needs PyAV.*make install"):
         data.kth("train", frames=3, size=16)
 
+
+def test_the_real_video_recipes_train_on_kth_clips(kth_mirror):
+    from vqlib.recipes.ch09_video_generation import train_kth_video_prior
+
+    prior, history = train_kth_video_prior(profile="smoke", progress=False)
+    assert history.steps == 10 and all(np.isfinite(history.series("loss")[1]))
+    assert set(prior.config.words[1:]) == {"a", "person", "boxes", "walks"}  # person 11 boxes and walks
+
+
+def test_the_full_dry_run_covers_the_real_video_models():
+    """The KTH recipes build the models of the full dry run's "moving-mnist-video-vqvae", "ch9-tokenizer" and
+    "ch9-video-prior" (only the caption vocabulary differs), so tests/test_full_dry_run.py covers them."""
+    from pathlib import Path
+
+    from vqlib.recipes.ch08_video_tokenizers import equal_bits_configs
+    from vqlib.recipes.ch09_video_generation import KTH_TOKENIZER, video_prior_train_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import full_recipes
+
+    assert equal_bits_configs("full", **KTH_TOKENIZER)["3d"] == full_recipes.ch9_tokenizer_config()
+    assert video_prior_train_config("full") == full_recipes.CH9_PRIOR_TRAINING

@@ -24,6 +24,7 @@ from vqlib.core.device import model_device, to_device
 from vqlib.core.inference import evaluating
 from vqlib.core.metrics import code_counts, codebook_usage, perplexity
 from vqlib.core.profile import pick, seed_everything
+from vqlib.data.kth import KTH, kth
 from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig
 from vqlib.tokenizers.vqvae import vqvae_loss
 from vqlib.training.checkpoints import checkpoint_path, data_digest
@@ -153,3 +154,21 @@ def train_moving_mnist_frame_vqvae() -> tuple[nn.Module, History]:
 def train_moving_mnist_attention_vqvae() -> tuple[nn.Module, History]:
     """``train_moving_mnist_tokenizer("attention")``: a recipe of scripts/train.py."""
     return train_moving_mnist_tokenizer("attention")
+
+
+# ----------------------------------------------------------------------------- the full profile's real video
+
+def kth_clips(split: str = "train", profile: str | None = None) -> KTH:
+    """KTH actions (``vqlib.data.kth``: real video of people, a download of about 1.1 GB) of ``split``'s
+    people, clips sized like ``moving_mnist_clips``: videos (N, T, 1, S, S) with their captions."""
+    sizes = pick(CLIP_SIZES["smoke"], CLIP_SIZES["quick"], CLIP_SIZES["full"], profile=profile)
+    return kth(split, frames=sizes["frames"], size=sizes["size"])
+
+
+def train_kth_tokenizer(profile: str | None = None, progress: bool | None = None,
+                        **config_overrides) -> tuple[nn.Module, History]:
+    """Chapter 8's 3D tokenizer (``equal_bits_configs``, ``config_overrides`` set its fields) trained
+    on KTH clips instead of Moving MNIST, cached: the ``full`` profile's real-video run."""
+    config = equal_bits_configs(profile, **config_overrides)["3d"]
+    return train_video_vqvae(kth_clips("train", profile).videos, config, "ch8-kth-3d",
+                             eval_videos=kth_clips("val", profile).videos[:64], profile=profile, progress=progress)
