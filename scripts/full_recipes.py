@@ -39,7 +39,7 @@ from vqlib.losses.discriminator import PatchGAN, PatchGANConfig
 from vqlib.losses.perceptual import PerceptualLoss
 from vqlib.priors.base import prior_loss
 from vqlib.priors.gpt import GPT, GPTConfig
-from vqlib.priors.maskgit import MaskGIT, MaskGITConfig, maskgit_loss
+from vqlib.priors.maskgit import MaskGIT, maskgit_loss
 from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
 from vqlib.priors.text import CaptionTokenizer
 from vqlib.priors.video_prior import VideoPrior, VideoPriorConfig, video_prior_loss
@@ -50,7 +50,7 @@ from vqlib.recipes.ch02_vqvae import vqvae_train_config
 from vqlib.recipes.ch04_vqvae2 import photo_train_config, prior_train_config
 from vqlib.recipes.ch05_vqgan import image_size, vqgan_loss_config, vqgan_train_config
 from vqlib.recipes.ch06_codebooks import COMPARED, comparison_model, comparison_training
-from vqlib.recipes.ch07_maskgit import mnist_maskgit_train_config
+from vqlib.recipes.ch07_maskgit import mnist_maskgit_config, mnist_maskgit_train_config
 from vqlib.recipes.ch08_video_tokenizers import equal_bits_configs, video_train_config
 from vqlib.tokenizers.vae import VAE, Autoencoder, VAEConfig, negative_elbo, reconstruction_loss
 from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig
@@ -250,7 +250,7 @@ def mnist_codebook(name: str) -> FullRun:
 
 
 def mnist_maskgit() -> FullRun:
-    model = MaskGIT(MaskGITConfig.for_profile(MNIST_K, MNIST_L, FULL, num_classes=10))
+    model = MaskGIT(mnist_maskgit_config(MNIST_K, MNIST_L, FULL))
     return FullRun(model, mnist_maskgit_train_config(FULL),
                    lambda n: (torch.randint(MNIST_K, (n, MNIST_L)), _labels(n, 10)), maskgit_loss,
                    lambda m, b: m.sample(len(b[0]), b[1]), unit="tokens", per_example=MNIST_L)

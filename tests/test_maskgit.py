@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from vqlib.core.compute import count_forward_calls, step_flops
-from vqlib.priors.base import prior_loss
+from vqlib.priors.base import guided_logits, prior_loss
 from vqlib.priors.gpt import GPT, GPTConfig
-from vqlib.priors.maskgit import (MaskGIT, MaskGITConfig, gamma, mask_counts, masked_bits, masked_cross_entropy,
-                                  maskgit_loss, random_mask)
+from vqlib.priors.maskgit import (MaskGIT, MaskGITConfig, any_order_bits, gamma, mask_counts, masked_bits,
+                                  masked_cross_entropy, maskgit_loss, random_mask)
 from vqlib.recipes.ch07_maskgit import equal_compute_steps
 from vqlib.training.loop import TrainConfig, fit
 
@@ -255,6 +255,110 @@ def test_network_evaluations_are_counted_one_per_step_and_one_per_gpt_token():
     assert calls.count == 0
     net(torch.zeros(1, L, dtype=torch.long))  # the hook is removed after the block
     assert calls.count == 0
+
+
+# ----------------------------------------------------------------------------- guidance
+
+def test_guided_logits_follow_the_formula():
+    c, u = torch.randn(4, K), torch.randn(4, K)
+    torch.testing.assert_close(guided_logits(c, u, 1.0), c)
+    torch.testing.assert_close(guided_logits(c, u, 0.0), u)
+    torch.testing.assert_close(guided_logits(c, u, 3.0), u + 3 * (c - u))
+    with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
+        guided_logits(c, u, -1.0)
+    with pytest.raises(ValueError, match="same shape"):
+        guided_logits(c, u[:2], 2.0)
+
+
+def test_class_dropout_adds_a_no_class_token_used_without_labels_and_while_training():
+    net = model(num_classes=3, class_dropout=0.5)
+    assert net.start.num_embeddings == 4 and model(num_classes=3).start.num_embeddings == 3
+    tokens = torch.full((64, L), MASK)
+    labelled, free = net(tokens, torch.ones(64, dtype=torch.long)), net(tokens)
+    torch.testing.assert_close(free, net(tokens, None))
+    assert (labelled - free).abs().amax() > 1e-4, "no class and class 1 must differ"
+    torch.manual_seed(0)
+    trained = net.train()(tokens, torch.ones(64, dtype=torch.long))  # dropout is 0: only labels are hidden
+    as_free = (trained - free).abs().amax((1, 2)) < 1e-5  # (64,) rows whose label was hidden
+    as_labelled = (trained - labelled).abs().amax((1, 2)) < 1e-5
+    assert torch.equal(as_free, ~as_labelled) and 16 < int(as_free.sum()) < 48  # about half of 64
+    assert net.eval().sample(3, None, steps=2).shape == (3, L)  # decoding without a label
+
+
+def test_guidance_decodes_from_the_guided_logits_with_two_evaluations_per_step():
+    net, labels = model(num_classes=3, class_dropout=0.1), torch.tensor([0, 1, 2, 1])
+    start = torch.full((4, L), MASK)
+    guided = guided_logits(net(start, labels), net(start), 2.5)  # (4, L, K) by hand
+    torch.manual_seed(0)
+    one_step = net.sample(4, labels, steps=1, top_k=1, choice_temperature=0.0, guidance=2.5)
+    assert torch.equal(one_step, guided.argmax(-1))  # greedy: every code is the guided argmax
+    assert not torch.equal(one_step, net(start, labels).argmax(-1))
+    for guidance, per_step in ((1.0, 1), (2.5, 2)):
+        with count_forward_calls(net.head) as calls:
+            net.sample(4, labels, steps=3, guidance=guidance)
+        assert calls.count == 3 * per_step
+    torch.manual_seed(1)
+    plain = net.sample(4, labels, steps=3)
+    torch.manual_seed(1)
+    assert torch.equal(net.sample(4, labels, steps=3, guidance=1.0), plain)
+
+
+def test_guidance_needs_labels_and_a_model_trained_without_them():
+    labels = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="class_dropout > 0"):
+        model(num_classes=3).sample(2, labels, steps=2, guidance=2.0)
+    with pytest.raises(ValueError, match="class_dropout > 0"):
+        model(num_classes=3, class_dropout=0.1).sample(2, None, steps=2, guidance=2.0)
+    with pytest.raises(ValueError, match="guidance must be"):
+        model(num_classes=3, class_dropout=0.1).sample(2, labels, steps=2, guidance=-0.5)
+    with pytest.raises(ValueError, match="class_dropout"):
+        MaskGITConfig(vocab_size=K, block_size=L, class_dropout=0.1)  # unconditional: nothing to drop
+    with pytest.raises(ValueError, match="class_dropout"):
+        MaskGITConfig(vocab_size=K, block_size=L, num_classes=3, class_dropout=1.0)
+
+
+# ----------------------------------------------------------------------------- the any-order bound
+
+def _order_bits(net: MaskGIT, z: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """-log2 p_order(z) of sequences z (B, L): reveal the positions in ``order``, one at a time."""
+    seen, bits = torch.full_like(z, net.config.mask_id), torch.zeros(len(z), dtype=torch.float64)
+    for i in order:
+        bits -= torch.log_softmax(net(seen), -1)[torch.arange(len(z)), i, z[:, i]].double() / math.log(2)
+        seen[:, i] = z[:, i]
+    return bits  # (B,)
+
+
+def test_any_order_bits_estimates_the_mean_over_orders_of_proper_likelihoods():
+    import itertools
+
+    k, l = 3, 3
+    torch.manual_seed(0)
+    net = MaskGIT(MaskGITConfig(vocab_size=k, block_size=l, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
+        every_map = torch.tensor(list(itertools.product(range(k), repeat=l)))  # (k^l, l)
+        orders = list(itertools.permutations(range(l)))
+        for order in orders[:2]:  # each order is a proper distribution over all maps
+            total = torch.exp2(-_order_bits(net, every_map, order)).sum()
+            assert total.item() == pytest.approx(1.0, abs=1e-6)
+        z = every_map[[5, 17]]
+        exact = torch.stack([_order_bits(net, z, o) for o in orders]).mean(0) / l  # (2,) bits per token
+        estimate = any_order_bits(net, z.repeat_interleave(400, 0), draws=5, batch_size=300)  # (800,)
+    torch.testing.assert_close(estimate.view(2, 400).mean(1), exact, rtol=0.03, atol=0)
+
+
+def test_any_order_bits_is_seeded_and_checks_its_input():
+    net = model(num_classes=2)
+    tokens, cond = torch.randint(0, K, (6, L)), torch.tensor([0, 1] * 3)
+    bits = any_order_bits(net, tokens, cond, draws=2, batch_size=4)
+    assert bits.shape == (6,) and bits.dtype == torch.float64 and (bits > 0).all()
+    assert torch.equal(any_order_bits(net, tokens, cond, draws=2, batch_size=4), bits)
+    with pytest.raises(ValueError, match="draws"):
+        any_order_bits(net, tokens, cond, draws=0)
+    with pytest.raises(ValueError, match=r"codes in \[0, 7\)"):
+        any_order_bits(net, torch.full((2, L), MASK), cond[:2])
 
 
 # ----------------------------------------------------------------------------- training, state

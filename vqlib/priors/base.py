@@ -7,6 +7,8 @@ bottom prior, MaskGIT and the video GPT of later chapters reuse the pieces here.
 - ``check_tokens`` / ``check_cond``: the one place that says what a prior accepts.
 - ``sample_from_logits``: one categorical draw per row, with temperature and top-k
   (Holtzman et al. 2020 discuss both); ``top_k=1`` is greedy decoding (argmax, no randomness).
+- ``guided_logits``: classifier-free guidance (Ho & Salimans 2021) on the logits of a prior that
+  was trained with and without its condition (the video prior's captions, MaskGIT's classes).
 - ``bits_per_dim``: the negative log-likelihood in bits per token, log2 K for a uniform prior.
 - ``sequence_bits``: -log2 p(tokens) of every sequence (all its tokens together), for per-item error
   bars; ``label_mixture_bits``: the same for a class-conditional prior averaged over its labels,
@@ -109,6 +111,23 @@ def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: in
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)  # (B,)
+
+
+def check_guidance(guidance: float) -> None:
+    """The guidance scale w of ``guided_logits``: a finite number >= 0."""
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
+        raise ValueError(f"guidance must be a finite number >= 0 (1 = plain conditional sampling), got {guidance!r}")
+
+
+def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: l_u + w·(l_c − l_u) of logits with (``conditional``) and without the
+    condition (``unconditional``), same shape -> same shape. w = 1 is the conditional model, w = 0 the
+    unconditional one; w > 1 moves further in the direction in which the condition moves the logits."""
+    check_guidance(guidance)
+    if conditional.shape != unconditional.shape:
+        raise ValueError(f"conditional and unconditional logits must have the same shape, got "
+                         f"{tuple(conditional.shape)} and {tuple(unconditional.shape)}")
+    return unconditional + guidance * (conditional - unconditional)
 
 
 def split_batch(batch: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -17,6 +17,9 @@ What is in it:
   while training (``MaskGITConfig.label_smoothing``; the paper uses 0.1; off by default, because in
   trials on the book's MNIST codes it did not lower the validation Fréchet distance consistently).
 - ``masked_bits``: bits per masked token on held-out codes, with masks drawn from a fixed seed.
+- ``any_order_bits``: an upper bound on the bits per token of whole sequences (Hoogeboom et al.,
+  "Autoregressive Diffusion Models", ICLR 2022): the masked model read as an autoregressive model
+  in a random order, the number a GPT's bits per token compares with.
 - ``MaskGIT``: the bidirectional transformer, built from ``vqlib.priors.gpt.Block`` with an attention
   that has no causal mask (``SelfAttention``). The vocabulary has one extra token, the mask, whose
   id is K; a class token (or one learned start token) comes first.
@@ -24,11 +27,15 @@ What is in it:
   every position masked; at each of T steps predict and sample all masked positions at once, keep
   the most confident ones and re-mask the others so that the number still masked follows the
   schedule; the confidences get Gumbel noise whose scale ("choice temperature") anneals to zero.
+  Given tokens (``decode(tokens=...)``, the mask id where unknown) are kept: inpainting.
+- Classifier-free guidance (Ho & Salimans 2021; for masked models, Muse, Chang et al. 2023):
+  ``class_dropout`` hides the label of a fraction of the training sequences, so the network also
+  learns p(tokens) without a label; ``decode(..., guidance=w)`` uses ``base.guided_logits``.
 
 Training MaskGIT (``train_maskgit``) and Chapter 7's recipes are in ``vqlib.recipes.ch07_maskgit``.
 
 Left out: the paper's VQGAN tokenizer and its size (24 layers, 1024 codes of 16×16 images), and
-classifier-free guidance (added to MaskGIT by later work, e.g. Muse).
+Muse's text conditioning and guidance schedules.
 
 Dimension key: B batch, L tokens (the flattened code map), C embedding width, K codebook size
 (token ids 0..K-1 are codes, id K is the mask token), T decoding steps.
@@ -47,7 +54,7 @@ from torch import nn
 from vqlib.core.device import model_device, to_device
 from vqlib.core.inference import evaluating
 from vqlib.core.profile import pick
-from vqlib.priors.base import check_cond, check_sampling, sample_from_logits, split_batch
+from vqlib.priors.base import check_cond, check_guidance, check_sampling, guided_logits, sample_from_logits, split_batch
 from vqlib.priors.gpt import Block, CausalSelfAttention, GPTConfig, KVCache, init_weights
 
 SCHEDULES = ("cosine", "linear", "square")
@@ -64,6 +71,7 @@ class MaskGITConfig:
     num_classes: int = 0  # > 0: class-conditional; the class embedding is the first token
     schedule: str = "cosine"  # masking schedule used for training (the paper: cosine)
     label_smoothing: float = 0.0  # of the masked cross-entropy while training (the paper: 0.1)
+    class_dropout: float = 0.0  # training labels replaced by "no class", for guidance (Muse: 0.1)
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2 or self.block_size < 1 or self.n_layer < 1:
@@ -72,6 +80,8 @@ class MaskGITConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.num_classes < 0 or not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"need num_classes >= 0, 0 <= dropout < 1 and 0 <= label_smoothing < 1, got {self}")
+        if not 0 <= self.class_dropout < 1 or (self.class_dropout > 0 and self.num_classes == 0):
+            raise ValueError(f"class_dropout must be in [0, 1), and 0 for an unconditional model, got {self}")
         check_schedule(self.schedule)
 
     @classmethod
@@ -182,6 +192,36 @@ def masked_bits(model: "MaskGIT", tokens: torch.Tensor, cond: torch.Tensor | Non
     return total / count / math.log(2)
 
 
+@torch.no_grad()
+def any_order_bits(model: "MaskGIT", tokens: torch.Tensor, cond: torch.Tensor | None = None, draws: int = 4,
+                   seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """An upper bound on -log2 p(z) of each sequence, in bits per token: tokens (N, L) -> (N,) float64, CPU.
+
+    Read as an autoregressive model that reveals the tokens in an order σ, p_σ(z) = Π_t p(z_σ(t) |
+    z_σ(<t)), the masked model is a proper distribution for every σ, and the mean of -log2 p_σ(z) over
+    uniformly random orders bounds -log2 of their mixture (Jensen). Hoogeboom et al. (ARDM, ICLR
+    2022) estimate it with one pass per draw: mask m ~ U{1..L} random positions and take the mean
+    bits of the masked ones, whose expectation is that bound divided by L. ``random_mask`` with the
+    linear schedule draws exactly such an m. Each sequence gets ``draws`` masks (seeded); the result
+    is their mean. An estimate of a bound, not an exact likelihood, which a masked model does not have.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    model.check_tokens(tokens, allow_mask=False)
+    device, generator, parts = model_device(model), torch.Generator().manual_seed(seed), []
+    with evaluating(model):
+        for start in range(0, len(tokens), batch_size):
+            z = to_device(tokens[start:start + batch_size], device)  # (b, L)
+            c = None if cond is None else to_device(cond[start:start + batch_size], device)
+            bits = torch.zeros(len(z), dtype=torch.float64, device=device)  # (b,)
+            for _ in range(draws):
+                masked, mask = random_mask(z, model.config.mask_id, "linear", generator)  # m ~ U{1..L}
+                nats = F.cross_entropy(model(masked, c).transpose(1, 2), z, reduction="none")  # (b, L)
+                bits += ((nats * mask).sum(1) / mask.sum(1)).double() / math.log(2)
+            parts.append((bits / draws).cpu())
+    return torch.cat(parts)  # (N,)
+
+
 # ----------------------------------------------------------------------------- the model
 
 class SelfAttention(CausalSelfAttention):
@@ -207,7 +247,8 @@ class MaskGIT(nn.Module):
         blocks = GPTConfig(vocab_size=config.vocab_size, block_size=config.block_size, n_layer=config.n_layer,
                            n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout)
         self.tok_emb = nn.Embedding(config.vocab_size + 1, config.n_embd)  # +1: the mask token
-        self.start = nn.Embedding(max(1, config.num_classes), config.n_embd)  # one start token, or one per class
+        no_class = 1 if config.class_dropout > 0 else 0  # id num_classes: "no class", for guidance
+        self.start = nn.Embedding(max(1, config.num_classes) + no_class, config.n_embd)  # one per class
         self.pos_emb = nn.Embedding(config.block_size + 1, config.n_embd)  # +1: the class token's position
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(blocks, SelfAttention(blocks)) for _ in range(config.n_layer))
@@ -229,11 +270,27 @@ class MaskGIT(nn.Module):
             allowed = f"codes in [0, {K}) or the mask id {K}" if allow_mask else f"codes in [0, {K})"
             raise ValueError(f"tokens must be {allowed}, got values in [{int(tokens.min())}, {int(tokens.max())}]")
 
+    def class_ids(self, cond: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """The id of each sequence's first token (B,): its label; 0 (the one start token) in an
+        unconditional model; "no class" (id num_classes) for cond=None in a model trained with
+        ``class_dropout``, which has learned p(tokens) without a label too."""
+        c = self.config
+        if cond is None and c.class_dropout > 0:
+            return torch.full((batch,), c.num_classes, dtype=torch.long, device=device)
+        check_cond(cond, c.num_classes, batch)
+        return cond if cond is not None else torch.zeros(batch, dtype=torch.long, device=device)
+
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, L) long in [0, K] (K = mask), cond (B,) labels or None -> logits (B, L, K)."""
+        """tokens (B, L) long in [0, K] (K = mask), cond (B,) labels or None -> logits (B, L, K).
+
+        cond=None: no label (an unconditional model, or "no class" in one trained with class dropout).
+        While training, ``class_dropout`` of the labels are replaced by "no class", as classifier-free
+        guidance trains (Ho & Salimans 2021), so one network learns p(z | class) and p(z)."""
         self.check_tokens(tokens)
-        check_cond(cond, self.config.num_classes, len(tokens))
-        labels = cond if cond is not None else torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
+        labels = self.class_ids(cond, len(tokens), tokens.device)  # (B,)
+        if self.training and self.config.class_dropout > 0:
+            hidden = torch.rand(len(labels), device=labels.device) < self.config.class_dropout  # (B,)
+            labels = labels.masked_fill(hidden, self.config.num_classes)
         x = torch.cat([self.start(labels)[:, None], self.tok_emb(tokens)], dim=1)  # (B, L + 1, C)
         x = self.drop(x + self.pos_emb(torch.arange(x.shape[1], device=x.device)))
         for block in self.blocks:
@@ -243,16 +300,23 @@ class MaskGIT(nn.Module):
     @torch.no_grad()
     def decode(self, n: int, cond: torch.Tensor | None = None, steps: int = 8, schedule: str | None = None,
                temperature: float = 1.0, top_k: int | None = None, choice_temperature: float = 4.5,
-               tokens: torch.Tensor | None = None) -> torch.Tensor:
+               tokens: torch.Tensor | None = None, guidance: float = 1.0) -> torch.Tensor:
         """Iterative decoding (the paper's Algorithm, section 3.2) -> every state, (T + 1, n, L) long.
 
         State 0 is the start (all masked, or ``tokens`` (n, L) with the mask id K where unknown); state
         t is after step t; state T has no mask left. One network evaluation per step. Known tokens
         never change. ``schedule`` defaults to the training one; ``choice_temperature`` scales the
         Gumbel noise added to the log-confidences (annealed linearly to 0; 0 = keep the most confident).
+        ``guidance`` w != 1 decodes from the classifier-free guided logits (``guided_logits``) of a model
+        trained with ``class_dropout``: two network evaluations per step, with the labels and without.
         """
         check_sampling(n, temperature, top_k)
-        check_cond(cond, self.config.num_classes, n)
+        check_guidance(guidance)
+        if guidance != 1.0 and (self.config.class_dropout == 0 or cond is None):
+            raise ValueError(f"guidance={guidance} needs labels (cond) and a MaskGIT trained with class_dropout > 0 "
+                             f"(this one: class_dropout={self.config.class_dropout}); use guidance=1 otherwise")
+        if cond is not None or self.config.class_dropout == 0:  # cond=None: "no class", if trained for it
+            check_cond(cond, self.config.num_classes, n)
         if not choice_temperature >= 0:
             raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
         schedule = schedule or self.config.schedule
@@ -273,8 +337,11 @@ class MaskGIT(nn.Module):
         counts = mask_counts(n_masked, steps, schedule)  # checks 1 <= steps <= n_masked
         cond = None if cond is None else to_device(cond, device)
         states = [tokens]
+        guided = guidance != 1.0
         for t, keep_masked in enumerate(counts):
             logits = self(tokens, cond)[unknown]  # (M, K) at the M masked positions: one network evaluation
+            if guided:  # and one more without the labels
+                logits = guided_logits(logits, self(tokens)[unknown], guidance)
             drawn = sample_from_logits(logits, temperature, top_k)  # (M,) every masked position at once
             sampled = tokens.masked_scatter(unknown, drawn)  # (n, L) known tokens stay as they are
             log_p = F.log_softmax(logits.float(), dim=-1).gather(1, drawn[:, None])[:, 0]  # (M,) confidence

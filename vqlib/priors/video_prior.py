@@ -44,7 +44,7 @@ from torch import nn
 from vqlib.core.device import to_device
 from vqlib.core.inference import evaluating, in_batches
 from vqlib.core.profile import pick
-from vqlib.priors.base import check_sampling, check_tokens, sample_from_logits, split_batch
+from vqlib.priors.base import check_sampling, check_tokens, guided_logits, sample_from_logits, split_batch
 from vqlib.priors.gpt import GPT, GPTConfig, KVCache
 from vqlib.priors.text import CaptionTokenizer, TextEncoder, TextEncoderConfig, check_words
 
@@ -223,7 +223,7 @@ class VideoPrior(nn.Module):
                                               caches=caches)  # (n or 2n, K)
                 if guided:
                     with_caption, empty = logits.chunk(2)  # (n, K) each
-                    logits = empty + guidance * (with_caption - empty)
+                    logits = guided_logits(with_caption, empty, guidance)
                 new = sample_from_logits(logits, temperature, top_k)[:, None]  # (n, 1)
                 new = new.repeat(2, 1) if guided else new
                 tokens = torch.cat([tokens, new], dim=1)  # (n or 2n, i + 1)
