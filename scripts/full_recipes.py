@@ -51,7 +51,8 @@ from vqlib.recipes.ch04_vqvae2 import photo_train_config, prior_train_config
 from vqlib.recipes.ch05_vqgan import image_size, vqgan_loss_config, vqgan_train_config
 from vqlib.recipes.ch06_codebooks import COMPARED, comparison_model, comparison_training
 from vqlib.recipes.ch07_maskgit import mnist_maskgit_config, mnist_maskgit_train_config
-from vqlib.recipes.ch08_video_tokenizers import equal_bits_configs, video_train_config
+from vqlib.recipes.ch08_video_tokenizers import (TIME_MIXING, equal_bits_configs, time_mixing_configs,
+                                                 time_mixing_train_config, video_train_config)
 from vqlib.tokenizers.vae import VAE, Autoencoder, VAEConfig, negative_elbo, reconstruction_loss
 from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig
 from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
@@ -265,6 +266,12 @@ def video_tokenizer(kind: str) -> FullRun:
                    unit="clips")
 
 
+def time_mixing_tokenizer(where: str) -> FullRun:
+    config = time_mixing_configs(FULL)[where]
+    return FullRun(VideoVQVAE(config), time_mixing_train_config(FULL), lambda n: (_clips(n, config),), vqvae_loss,
+                   _roundtrip, unit="clips")
+
+
 def skimage_clip_tokenizer() -> FullRun:
     config = VideoVQVAEConfig.for_profile(FULL, **CH8_CLIP)
     return FullRun(VideoVQVAE(config), video_train_config(FULL, **CH8_CLIP_TRAINING),
@@ -335,6 +342,7 @@ RECIPES: dict[str, Callable[[], FullRun]] = {  # name -> builder; scripts/train.
     "moving-mnist-video-vqvae": lambda: video_tokenizer("3d"),  # chapter 8
     "moving-mnist-attention-vqvae": lambda: video_tokenizer("attention"),
     "moving-mnist-frame-vqvae": lambda: video_tokenizer("frame"),
+    **{f"ch8-time-mixing-{where}": (lambda where=where: time_mixing_tokenizer(where)) for where in TIME_MIXING},
     "ch8-skimage-clip": skimage_clip_tokenizer,
     "ch9-tokenizer": moving_mnist_tokenizer,  # chapter 9
     "ch9-tracker": tracker,

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from vqlib.book import plot
-from vqlib.recipes.ch08_video_tokenizers import (equal_bits_configs, evaluate_video_vqvae, psnr_per_frame,
-                                                 reconstruct_with_indices, train_video_vqvae)
+from vqlib.recipes.ch08_video_tokenizers import (TIME_MIXING, equal_bits_configs, evaluate_video_vqvae,
+                                                 psnr_per_frame, reconstruct_with_indices, time_mixing_configs,
+                                                 time_mixing_train_config, train_time_mixing_tokenizer,
+                                                 train_video_vqvae)
 from vqlib.tokenizers.base import TokenizerOutput
-from vqlib.tokenizers.video import FrameVQVAE, TemporalAttention, VideoVQVAE, VideoVQVAEConfig
+from vqlib.tokenizers.video import (ATTENTION_ACROSS_FRAMES, FrameLocalAttention, FrameVQVAE, TemporalAttention,
+                                    VideoVQVAE, VideoVQVAEConfig)
 from vqlib.tokenizers.vqvae import vqvae_loss
 
 TINY = dict(frames=4, size=8, channels=1, hidden=8, res_hidden=4, res_blocks=1, codebook_size=16, code_dim=4,
@@ -38,7 +41,7 @@ def state(model):
 KINDS = ["conv3d", "attention", "frame"]
 
 
-@pytest.mark.parametrize("kind", ["conv3d", "attention"])
+@pytest.mark.parametrize("kind", ["conv3d", *ATTENTION_ACROSS_FRAMES])
 @pytest.mark.parametrize("ft, fs, t, s, c", [(1, 2, 4, 8, 1), (2, 2, 4, 8, 3), (2, 4, 8, 16, 1), (4, 2, 8, 8, 1),
                                             (2, 8, 4, 16, 1)])
 def test_video_shapes_and_dtypes(kind, ft, fs, t, s, c):
@@ -102,6 +105,54 @@ def test_temporal_attention_matches_torch_multihead_attention():
     expected = seq + reference(q, q, q, need_weights=False)[0]
     got = block(x).permute(0, 3, 4, 2, 1).reshape(-1, 5, 8)
     torch.testing.assert_close(got, expected)
+
+
+def test_frame_local_attention_by_hand():
+    # Each frame attends only to itself: x + W_o·(W_v·(LN(x) + pos_t) + b_v) + b_o, frame by frame.
+    torch.manual_seed(0)
+    block = FrameLocalAttention(channels=8, heads=2, max_frames=5)
+    x = torch.randn(2, 8, 5, 3, 4)  # (B, F, T, h, w)
+    seq = x.permute(0, 3, 4, 2, 1)  # (B, h, w, T, F)
+    w_v, b_v = block.qkv.weight[16:], block.qkv.bias[16:]  # the value third of the q, k, v projection
+    v = (block.norm(seq) + block.pos) @ w_v.T + b_v
+    expected = seq + v @ block.out.weight.T + block.out.bias
+    torch.testing.assert_close(block(x), expected.permute(0, 4, 3, 1, 2))
+    full = TemporalAttention(channels=8, heads=2, max_frames=5)
+    assert [n for n, _ in full.named_parameters()] == [n for n, _ in block.named_parameters()]
+    full.load_state_dict(block.state_dict())  # the same weights, now reading across frames
+    assert not torch.allclose(full(x), block(x))
+
+
+@pytest.mark.parametrize("temporal", list(ATTENTION_ACROSS_FRAMES))
+def test_time_is_mixed_exactly_where_the_config_says(temporal):
+    # Changing the last frame changes what the first frame's code (encoder) or reconstruction
+    # (decoder, from the codes' vectors) depends on only in the parts that attend across frames.
+    torch.manual_seed(0)
+    model = tiny(temporal, time_downsample=1).eval()
+    x = clips(1, 4)
+    y = x.clone()
+    y[:, -1] = torch.rand_like(y[:, -1])
+    z = torch.randn(1, 4, 4, 4, 4)  # (B, D, T, h, w) code vectors
+    z2 = z.clone()
+    z2[:, :, -1] = torch.randn_like(z2[:, :, -1])
+    with torch.no_grad():
+        encoder_mixes = not torch.allclose(model(x).z_e[:, :, 0], model(y).z_e[:, :, 0])
+        decoder_mixes = not torch.allclose(model.decoder(z)[:, 0], model.decoder(z2)[:, 0])
+    assert (encoder_mixes, decoder_mixes) == ("encoder" in ATTENTION_ACROSS_FRAMES[temporal],
+                                              "decoder" in ATTENTION_ACROSS_FRAMES[temporal])
+
+
+def test_the_ablation_arms_have_the_same_parameters_and_round_trip(tmp_path):
+    models = {t: tiny(t, time_downsample=1) for t in ATTENTION_ACROSS_FRAMES}
+    shapes = {t: [(n, p.shape) for n, p in m.named_parameters()] for t, m in models.items()}
+    assert all(s == shapes["attention"] for s in shapes.values())  # same names, same shapes
+    x = clips(2, 4)
+    for temporal, model in models.items():  # a save/load round trip gives the same output
+        model.eval()
+        torch.save(model.state_dict(), tmp_path / f"{temporal}.pt")
+        again = tiny(temporal, time_downsample=1).eval()
+        again.load_state_dict(torch.load(tmp_path / f"{temporal}.pt", weights_only=True))
+        assert torch.equal(again(x).x_hat, model(x).x_hat) and torch.equal(again.encode(x), model.encode(x))
 
 
 def moving_squares(n: int = 4, t: int = 4, s: int = 8) -> torch.Tensor:
@@ -200,6 +251,27 @@ def test_equal_bits_configs_spend_the_same_bits(profile):
     bits = {k: math.prod(c.latent_shape) * math.log2(c.codebook_size) for k, c in configs.items()}
     assert len(set(bits.values())) == 1, bits
     assert configs["frame"].time_downsample == 1 and configs["attention"].temporal == "attention"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "full"])
+def test_time_mixing_configs_differ_only_in_where_time_is_mixed(profile):
+    arms = time_mixing_configs(profile)
+    frame = equal_bits_configs(profile)["frame"]
+    assert list(arms) == ["none", "encoder", "decoder", "both"] == list(TIME_MIXING)
+    assert {c.temporal for c in arms.values()} == set(ATTENTION_ACROSS_FRAMES)
+    for where, c in arms.items():  # the frame-by-frame codes, so the bits of the chapter's three
+        assert (c.latent_shape, c.codebook_size, c.bits) == (frame.latent_shape, frame.codebook_size, frame.bits)
+        assert dataclasses.replace(c, temporal="attention") == arms["both"]
+        parts = ATTENTION_ACROSS_FRAMES[c.temporal]
+        assert parts == {"none": (), "encoder": ("encoder",), "decoder": ("decoder",),
+                         "both": ("encoder", "decoder")}[where]
+    budget = time_mixing_train_config(profile)
+    assert budget.steps >= 1 and budget.max_seconds is None
+
+
+def test_train_time_mixing_tokenizer_refuses_an_unknown_arm():
+    with pytest.raises(ValueError, match="'encoder', 'decoder'"):
+        train_time_mixing_tokenizer("middle", profile="smoke")
 
 
 # ----------------------------------------------------------------------------- metrics and training

@@ -4,8 +4,9 @@ What is in it: ``psnr_per_frame``, ``reconstruct_with_indices`` (reconstructions
 many clips) and ``evaluate_video_vqvae`` (PSNR per frame, codebook usage, perplexity);
 ``train_video_vqvae`` (``vqlib.training.loop.fit`` with the VQ-VAE loss, cached by name, configs,
 profile and a digest of the training set); chapter 8's clips (``CLIP_SIZES``,
-``moving_mnist_clips``), its three tokenizers at equal bits (``equal_bits_configs``) and the
-recipes of ``scripts/train.py``.
+``moving_mnist_clips``), its three tokenizers at equal bits (``equal_bits_configs``), the
+recipes of ``scripts/train.py``, and the ablation of where time is mixed (``TIME_MIXING``,
+``time_mixing_configs``, ``time_mixing_train_config``, ``train_time_mixing_tokenizer``).
 
 Dimension key: N clips, T frames, C channels, H W frame size, t h w code-grid size.
 """
@@ -74,16 +75,17 @@ def video_train_config(profile: str | None = None, **overrides) -> TrainConfig:
 def train_video_vqvae(videos_train: torch.Tensor, config: VideoVQVAEConfig, name: str,
                       eval_videos: torch.Tensor | None = None, profile: str | None = None,
                       progress: bool | None = None, frame_wise: bool = False,
-                      **train_overrides) -> tuple[nn.Module, History]:
+                      train_config: TrainConfig | None = None, **train_overrides) -> tuple[nn.Module, History]:
     """Train a ``VideoVQVAE`` (or, with ``frame_wise=True``, a ``FrameVQVAE``) on videos (N, T, C, H, W).
 
     Trained once per name, configs, profile and training set, then loaded from the checkpoint cache.
-    ``train_overrides`` set fields of ``TrainConfig`` (steps, batch_size, lr, ...). With
-    ``eval_videos`` the history ends with their PSNR, codebook usage and perplexity.
+    The budget is ``train_config`` (default: ``video_train_config(profile)``), with
+    ``train_overrides`` setting its fields (steps, batch_size, lr, ...). With ``eval_videos`` the
+    history ends with their PSNR, codebook usage and perplexity.
     Returns the model in eval mode and its History.
     """
     model_class = FrameVQVAE if frame_wise else VideoVQVAE
-    train_config = video_train_config(profile, **train_overrides)
+    train_config = dataclasses.replace(train_config or video_train_config(profile), **train_overrides)
     seed_everything(train_config.seed)
     model = model_class(config)
     model.check_input(videos_train)
@@ -172,3 +174,42 @@ def train_kth_tokenizer(profile: str | None = None, progress: bool | None = None
     config = equal_bits_configs(profile, **config_overrides)["3d"]
     return train_video_vqvae(kth_clips("train", profile).videos, config, "ch8-kth-3d",
                              eval_videos=kth_clips("val", profile).videos[:64], profile=profile, progress=progress)
+
+
+# ----------------------------------------------------------------------------- the ablation: where time is mixed
+
+TIME_MIXING = {"none": "attention-none", "encoder": "attention-encoder", "decoder": "attention-decoder",
+               "both": "attention"}  # where frames attend to each other -> VideoVQVAEConfig.temporal
+
+
+def time_mixing_configs(profile: str | None = None, **overrides) -> dict[str, VideoVQVAEConfig]:
+    """Chapter 8's ablation: the (2+1)D tokenizer with attention across frames in neither part, the
+    encoder, the decoder or both (keys of ``TIME_MIXING``), and otherwise the same network.
+
+    All four code the frame-by-frame grid of ``equal_bits_configs`` (T, S/4, S/4) with sqrt(K) codes:
+    the same codes per clip, the bits of the chapter's three tokenizers, and, at time_downsample=1,
+    no temporal convolution. Their attention blocks have the same parameters (``FrameLocalAttention``
+    where frames are not mixed). ``overrides`` set fields of all four; the widths are the chapter's
+    in smoke and full, narrower in quick, where four more models must fit the page's CPU budget.
+    """
+    sizes = pick(smoke={}, quick=dict(hidden=32, res_hidden=16), full={}, profile=profile)
+    frame = equal_bits_configs(profile, **{**sizes, **overrides})["frame"]
+    return {where: dataclasses.replace(frame, temporal=temporal) for where, temporal in TIME_MIXING.items()}
+
+
+def time_mixing_train_config(profile: str | None = None, **overrides) -> TrainConfig:
+    """The budget of each arm of the ablation: ``video_train_config``, with smaller batches in quick."""
+    budget = dict(steps=pick(4, 200, 20_000, profile=profile), batch_size=pick(4, 8, 32, profile=profile))
+    return video_train_config(profile, **{**budget, **overrides})
+
+
+def train_time_mixing_tokenizer(where: str = "both", profile: str | None = None, progress: bool | None = None,
+                                **train_overrides) -> tuple[nn.Module, History]:
+    """One arm of the ablation (``where``: "none", "encoder", "decoder" or "both") on chapter 8's
+    Moving MNIST clips, trained with ``time_mixing_train_config`` and cached."""
+    configs = time_mixing_configs(profile)
+    if where not in configs:
+        raise ValueError(f"where must be one of {list(configs)}, got {where!r}")
+    return train_video_vqvae(moving_mnist_clips("train", profile), configs[where], f"ch8-time-mixing-{where}",
+                             eval_videos=moving_mnist_clips("val", profile)[:64], profile=profile,
+                             progress=progress, train_config=time_mixing_train_config(profile, **train_overrides))

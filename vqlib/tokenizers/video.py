@@ -9,10 +9,15 @@ and one EMA codebook quantises every position. The decoder mirrors the encoder w
 What is in it:
 
 - ``VideoVQVAEConfig``: sizes of the clip (frames, size, channels), the two downsampling factors,
-  the codebook, and how the encoder mixes time (``temporal``):
+  the codebook, and how the model mixes time (``temporal``):
   ``"conv3d"``: 3D convolutions throughout (VideoGPT);
   ``"attention"``: 2D convolutions on each frame, then self-attention across frames at each
-  position and strided temporal convolutions in the bottleneck (a factorised (2+1)D design).
+  position and strided temporal convolutions in the bottleneck (a factorised (2+1)D design);
+  ``"attention-encoder"``, ``"attention-decoder"``, ``"attention-none"``: the same network with
+  attention across frames in the encoder only, the decoder only, or neither; the other attention
+  blocks are ``FrameLocalAttention`` (the same parameters, each frame attending to itself). With
+  time_downsample=1 no temporal convolution mixes frames either, and the four differ only in
+  where time is mixed (chapter 8's ablation).
 - ``VideoVQVAE``: videos (B, T, C, S, S) -> codes (B, t, h, w) -> videos, with ``encode``/``decode``
   (the encode -> quantize -> decode shell of ``vqlib.tokenizers.base``); ``check_videos``, its input check.
 - ``FrameVQVAE``: the baseline that codes every frame on its own with the chapter 2 ``VQVAE``
@@ -41,7 +46,11 @@ from vqlib.quantizers.factory import make_quantizer
 from vqlib.tokenizers.base import Tokenizer, TokenizerOutput, check_index_rank
 from vqlib.tokenizers.vqvae import VQVAE, Decoder, Encoder, VQVAEConfig
 
-TEMPORAL = ("conv3d", "attention")
+# The (2+1)D designs: temporal -> the parts whose attention reads across frames. In the other
+# part the attention block is FrameLocalAttention, so all four have the same parameters.
+ATTENTION_ACROSS_FRAMES = {"attention": ("encoder", "decoder"), "attention-encoder": ("encoder",),
+                           "attention-decoder": ("decoder",), "attention-none": ()}
+TEMPORAL = ("conv3d", *ATTENTION_ACROSS_FRAMES)
 
 
 def _power_of_two(n: int) -> bool:
@@ -62,8 +71,8 @@ class VideoVQVAEConfig:
     code_dim: int = 64  # D
     beta: float = 0.25  # commitment weight (van den Oord et al. 2017)
     decay: float = 0.99  # EMA decay of the codebook statistics
-    temporal: str = "conv3d"  # how the encoder mixes frames: "conv3d" (VideoGPT) or "attention" ((2+1)D)
-    heads: int = 4  # attention heads (temporal="attention" only); must divide hidden
+    temporal: str = "conv3d"  # how frames are mixed: "conv3d" (VideoGPT), "attention" ((2+1)D), ... (TEMPORAL)
+    heads: int = 4  # attention heads (the "attention" designs only); must divide hidden
 
     def __post_init__(self) -> None:
         for name in ("frames", "channels", "hidden", "res_hidden", "codebook_size", "code_dim", "heads"):
@@ -83,8 +92,9 @@ class VideoVQVAEConfig:
             raise ValueError(f"size={self.size} must be positive multiples of space_downsample={self.space_downsample}")
         if self.temporal not in TEMPORAL:
             raise ValueError(f"temporal must be one of {TEMPORAL}, got {self.temporal!r}")
-        if self.temporal == "attention" and self.hidden % self.heads:
-            raise ValueError(f"hidden={self.hidden} must be a multiple of heads={self.heads} for temporal='attention'")
+        if self.temporal != "conv3d" and self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} must be a multiple of heads={self.heads} for "
+                             f"temporal={self.temporal!r}")
 
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> VideoVQVAEConfig:
@@ -221,9 +231,26 @@ class TemporalAttention(nn.Module):
         seq = x.permute(0, 3, 4, 2, 1).reshape(b * h * w, t, f)  # (N, T, F), N = B·h·w
         qkv = self.qkv(self.norm(seq) + self.pos[:t])  # (N, T, 3F)
         q, k, v = qkv.view(-1, t, 3, self.heads, f // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (N, heads, T, F/heads)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (N, heads, T, T)
-        out = self.out((weights @ v).transpose(1, 2).reshape(-1, t, f))  # (N, T, F)
+        out = self.out(self.attend(q, k, v).transpose(1, 2).reshape(-1, t, f))  # (N, T, F)
         return x + out.view(b, h, w, t, f).permute(0, 4, 3, 1, 2)  # (B, F, T, h, w)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q kᵀ/√d)·v: every frame reads every frame. (N, heads, T, d) each -> (N, heads, T, d)."""
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (N, heads, T, T)
+        return weights @ v
+
+
+class FrameLocalAttention(TemporalAttention):
+    """``TemporalAttention`` confined to each frame: the control arm of chapter 8's ablation.
+
+    The same parameters, normalisation, frame positions and residual path, but the attention mask
+    lets a frame attend only to itself: a softmax over that one entry is 1, so the output is
+    x + W_o·v and no information crosses frames (q and k are computed and receive no gradient).
+    (B, F, T, h, w) -> (B, F, T, h, w).
+    """
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return v  # the diagonal attention matrix: frame i reads frame i only
 
 
 def _frame_config(config: VideoVQVAEConfig, code_dim: int) -> VQVAEConfig:
@@ -231,6 +258,13 @@ def _frame_config(config: VideoVQVAEConfig, code_dim: int) -> VQVAEConfig:
     return VQVAEConfig(in_channels=config.channels, hidden=config.hidden, res_hidden=config.res_hidden,
                        res_blocks=config.res_blocks, downsample=config.space_downsample,
                        codebook_size=config.codebook_size, code_dim=code_dim, beta=config.beta, decay=config.decay)
+
+
+def frame_attention(config: VideoVQVAEConfig, part: str) -> TemporalAttention:
+    """The attention block of the (2+1)D ``part`` ("encoder" or "decoder"): ``TemporalAttention`` where
+    ``config.temporal`` mixes time in that part, else ``FrameLocalAttention``."""
+    across = part in ATTENTION_ACROSS_FRAMES[config.temporal]
+    return (TemporalAttention if across else FrameLocalAttention)(config.hidden, config.heads, config.frames)
 
 
 def per_frame(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +275,7 @@ def per_frame(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class EncoderAttention(nn.Module):
-    """2D encoder on each frame (chapter 2), attention across frames, strided temporal convolutions, 1³ to D.
+    """2D encoder on each frame (chapter 2), attention (``frame_attention``), strided temporal convolutions, 1³ to D.
 
     videos (B, T, C, H, W) -> (B, D, t, h, w).
     """
@@ -249,7 +283,7 @@ class EncoderAttention(nn.Module):
     def __init__(self, config: VideoVQVAEConfig) -> None:
         super().__init__()
         self.frame = Encoder(_frame_config(config, code_dim=config.hidden))
-        self.attention = TemporalAttention(config.hidden, config.heads, config.frames)
+        self.attention = frame_attention(config, "encoder")
         nt = int(math.log2(config.time_downsample))
         self.time = nn.Sequential(*(m for _ in range(nt) for m in (
             nn.Conv3d(config.hidden, config.hidden, kernel_size=(4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)),
@@ -262,7 +296,7 @@ class EncoderAttention(nn.Module):
 
 
 class DecoderAttention(nn.Module):
-    """1³ from D, transposed temporal convolutions, attention across frames, 2D decoder on each frame.
+    """1³ from D, transposed temporal convolutions, attention (``frame_attention``), 2D decoder on each frame.
 
     (B, D, t, h, w) -> videos (B, T, C, H, W).
     """
@@ -275,7 +309,7 @@ class DecoderAttention(nn.Module):
             nn.ReLU(),
             nn.ConvTranspose3d(config.hidden, config.hidden, kernel_size=(4, 1, 1), stride=(2, 1, 1),
                                padding=(1, 0, 0)))))
-        self.attention = TemporalAttention(config.hidden, config.heads, config.frames)
+        self.attention = frame_attention(config, "decoder")
         self.frame = Decoder(_frame_config(config, code_dim=config.hidden))
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
@@ -322,8 +356,8 @@ class VideoVQVAE(Tokenizer):
 
     ``encode``: videos -> indices (B, t, h, w); ``decode``: indices -> videos (B, t·ft, C, h·fs, w·fs)
     (``vqlib.tokenizers.base.Tokenizer``). T must be a multiple of ft and H, W multiples of fs
-    (any size for temporal="conv3d"; at most ``config.frames`` frames for "attention", whose frame
-    positions are learned).
+    (any size for temporal="conv3d"; at most ``config.frames`` frames for the "attention" designs, whose
+    frame positions are learned).
     """
 
     def __init__(self, config: VideoVQVAEConfig) -> None:
@@ -341,7 +375,7 @@ class VideoVQVAE(Tokenizer):
 
     def check_input(self, x: torch.Tensor) -> None:
         check_videos(x, self.config, self.config.time_downsample,
-                     self.config.frames if self.config.temporal == "attention" else None, next(self.parameters()).dtype)
+                     None if self.config.temporal == "conv3d" else self.config.frames, next(self.parameters()).dtype)
 
     def check_index_shape(self, indices: torch.Tensor) -> None:
         check_index_rank(indices, 4, "(B, t, h, w) code grid")
