@@ -56,3 +56,42 @@ def test_code_counts_bad_indices():
 def test_code_bits():
     assert metrics.code_bits((7, 7), 256) == 7 * 7 * 8
     assert metrics.code_bits((4, 8, 8), 1024) == 4 * 8 * 8 * 10
+
+
+def test_usage_ci_matches_a_brute_force_bootstrap_and_the_plain_usage():
+    torch.manual_seed(0)
+    codes = torch.randint(0, 40, (30, 2, 3))  # (N, h, w) the code maps of 30 items
+    other = torch.randint(0, 12, (30, 2, 3))
+    got = metrics.usage_ci(codes, 50, n_boot=200, seed=3)
+    assert got.estimate == pytest.approx(metrics.codebook_usage(metrics.code_counts(codes, 50)))
+    draws = torch.randint(30, (200, 30), generator=torch.Generator().manual_seed(3))  # bootstrap_ci's draws
+    boot = torch.tensor([metrics.codebook_usage(metrics.code_counts(codes[r], 50)) for r in draws],
+                        dtype=torch.float64)
+    low, high = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    assert (got.low, got.high) == (pytest.approx(low.item()), pytest.approx(high.item()))
+    gap = metrics.usage_ci(codes, 50, other, 16, n_boot=200, seed=3)
+    assert gap.estimate == pytest.approx(got.estimate - metrics.codebook_usage(metrics.code_counts(other, 16)))
+    boot_other = torch.tensor([metrics.codebook_usage(metrics.code_counts(other[r], 16)) for r in draws],
+                              dtype=torch.float64)  # paired: the same items for both
+    low, high = torch.quantile(boot - boot_other, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    assert (gap.low, gap.high) == (pytest.approx(low.item()), pytest.approx(high.item()))
+
+
+def test_usage_ci_of_items_that_all_use_the_same_codes_has_no_spread():
+    codes = torch.tensor([[0, 1, 2]]).repeat(10, 1)  # every item uses codes 0, 1 and 2
+    got = metrics.usage_ci(codes, 6, n_boot=100)
+    assert (got.estimate, got.low, got.high) == (0.5, 0.5, 0.5)
+
+
+def test_usage_ci_bad_input():
+    codes = torch.arange(15).view(5, 3) % 4  # (5, 3) codes 0 to 3
+    with pytest.raises(TypeError, match="torch.long"):
+        metrics.usage_ci(codes.float(), 4)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        metrics.usage_ci(codes, 3)
+    with pytest.raises(ValueError, match="other_size"):
+        metrics.usage_ci(codes, 4, codes)
+    with pytest.raises(ValueError, match="same number of items"):
+        metrics.usage_ci(codes, 4, codes[:4], 4)
+    with pytest.raises(ValueError, match="N >= 2"):
+        metrics.usage_ci(codes[:1], 4)
