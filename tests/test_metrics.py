@@ -58,23 +58,25 @@ def test_code_bits():
     assert metrics.code_bits((4, 8, 8), 1024) == 4 * 8 * 8 * 10
 
 
-def test_usage_ci_matches_a_brute_force_bootstrap_and_the_plain_usage():
+def test_usage_ci_matches_a_brute_force_bias_corrected_bootstrap_and_the_plain_usage():
     torch.manual_seed(0)
     codes = torch.randint(0, 40, (30, 2, 3))  # (N, h, w) the code maps of 30 items
     other = torch.randint(0, 12, (30, 2, 3))
-    got = metrics.usage_ci(codes, 50, n_boot=200, seed=3)
-    assert got.estimate == pytest.approx(metrics.codebook_usage(metrics.code_counts(codes, 50)))
-    draws = torch.randint(30, (200, 30), generator=torch.Generator().manual_seed(3))  # bootstrap_ci's draws
-    boot = torch.tensor([metrics.codebook_usage(metrics.code_counts(codes[r], 50)) for r in draws],
-                        dtype=torch.float64)
-    low, high = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64))
-    assert (got.low, got.high) == (pytest.approx(low.item()), pytest.approx(high.item()))
-    gap = metrics.usage_ci(codes, 50, other, 16, n_boot=200, seed=3)
-    assert gap.estimate == pytest.approx(got.estimate - metrics.codebook_usage(metrics.code_counts(other, 16)))
-    boot_other = torch.tensor([metrics.codebook_usage(metrics.code_counts(other[r], 16)) for r in draws],
-                              dtype=torch.float64)  # paired: the same items for both
-    low, high = torch.quantile(boot - boot_other, torch.tensor([0.025, 0.975], dtype=torch.float64))
-    assert (gap.low, gap.high) == (pytest.approx(low.item()), pytest.approx(high.item()))
+    usage = lambda c, k: metrics.codebook_usage(metrics.code_counts(c, k))  # noqa: E731
+    draws = torch.randint(30, (200, 30), generator=torch.Generator().manual_seed(3))  # the resampled items
+    levels = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    for got, want, boot in (
+            (metrics.usage_ci(codes, 50, n_boot=200, seed=3), usage(codes, 50),
+             [usage(codes[r], 50) for r in draws]),
+            (metrics.usage_ci(codes, 50, other, 16, n_boot=200, seed=3), usage(codes, 50) - usage(other, 16),
+             [usage(codes[r], 50) - usage(other[r], 16) for r in draws])):  # paired: the same items
+        boot = torch.tensor(boot, dtype=torch.float64)
+        low, high = torch.quantile(boot, levels) - (boot.mean() - want)  # shifted by the bootstrap's bias
+        assert got.estimate == pytest.approx(want)
+        assert (got.low, got.high) == (pytest.approx(low.item()), pytest.approx(high.item()))
+        assert got.low <= got.estimate <= got.high
+    single = torch.tensor([usage(codes[r], 50) for r in draws])
+    assert single.mean() < usage(codes, 50)  # resamples hold fewer distinct items: biased down
 
 
 def test_usage_ci_of_items_that_all_use_the_same_codes_has_no_spread():
@@ -95,3 +97,5 @@ def test_usage_ci_bad_input():
         metrics.usage_ci(codes, 4, codes[:4], 4)
     with pytest.raises(ValueError, match="N >= 2"):
         metrics.usage_ci(codes[:1], 4)
+    with pytest.raises(ValueError, match="n_boot"):
+        metrics.usage_ci(codes, 4, n_boot=10)

@@ -194,10 +194,14 @@ def usage_ci(codes: torch.Tensor, codebook_size: int, other: torch.Tensor | None
     the same N items under another model with ``other_size`` codes, of usage(codes) - usage(other),
     the items resampled together (paired).
 
-    A resample repeats some items and so holds fewer distinct ones: the usage of one resampled set
-    is biased downwards and its interval may lie below the estimate; in a paired difference the
-    bias largely cancels, so give verdicts from differences.
+    A resample repeats some items and so holds fewer distinct ones: its usage is biased downwards,
+    and a plain percentile interval can miss the estimate altogether. The percentile interval is
+    therefore shifted by the bootstrap's bias, mean(resampled) - estimate, so that it describes the
+    spread of the estimate around itself.
     """
+    _check_level(level)
+    if n_boot < 100:
+        raise ValueError(f"n_boot must be at least 100, got {n_boot}")
     sets = [(codes, codebook_size, "codes")] + ([] if other is None else [(other, other_size, "other")])
     if other is not None and (other_size is None or len(other) != len(codes)):
         raise ValueError(f"other needs other_size and the same number of items as codes ({len(codes)}), "
@@ -212,14 +216,16 @@ def usage_ci(codes: torch.Tensor, codebook_size: int, other: torch.Tensor | None
         presence.append(torch.zeros(len(c), size).index_put_((rows, c.flatten().cpu()), torch.tensor(1.0)))
     n = len(codes)
 
-    def usage(draws: torch.Tensor) -> torch.Tensor:  # (N,) or (n_boot, N) item indices -> () or (n_boot,)
-        rows = torch.atleast_2d(draws).long()
-        weights = torch.zeros(len(rows), n).scatter_add_(1, rows, torch.ones(rows.shape))  # (n_boot, N) multiplicity
-        used = [((weights @ p) > 0).double().mean(1) for p in presence]  # (n_boot,) per set
-        value = used[0] - used[1] if len(used) == 2 else used[0]
-        return value if draws.dim() == 2 else value[0]
+    def usage(weights: torch.Tensor) -> torch.Tensor:  # (B, N) multiplicity of each item -> (B,) usage
+        used = [((weights @ p) > 0).double().mean(1) for p in presence]  # (B,) per set
+        return used[0] - used[1] if len(used) == 2 else used[0]
 
-    return bootstrap_ci(torch.arange(n, dtype=torch.float64), stat=usage, n_boot=n_boot, level=level, seed=seed)
+    draws = torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))  # (n_boot, N)
+    boot = usage(torch.zeros(n_boot, n).scatter_add_(1, draws, torch.ones(n_boot, n)))  # (n_boot,)
+    estimate = usage(torch.ones(1, n))[0]
+    bias = boot.mean() - estimate
+    low, high = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)) - bias
+    return Interval(float(estimate), float(low), float(high), level)
 
 
 def seed_ci(values: torch.Tensor | Sequence[float], level: float = 0.95) -> Interval:
