@@ -21,7 +21,7 @@ RECIPES = {  # name -> "module:function"; each function trains with vqlib.traini
     "mnist-vqvae": "vqlib.recipes.ch02_vqvae:train_mnist_vqvae",
     "mnist-classifier": "vqlib.judges.classifier:train_mnist_classifier",
     "mnist-maskgit": "vqlib.recipes.ch07_maskgit:train_mnist_maskgit",  # chapter 7: class-conditional MaskGIT on VQ-VAE codes
-    "mnist-codebooks": "vqlib.recipes.ch06_codebooks:train_mnist_codebooks",  # chapter 6: all nine quantizers of the table
+    "mnist-codebooks": "vqlib.recipes.ch06_codebooks:train_mnist_codebooks",  # chapter 6: the table and the sweep over K
     "moving-mnist-video-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_tokenizer",  # chapter 8: 3D convolutions
     "moving-mnist-attention-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_attention_vqvae",  # chapter 8: (2+1)D
     "moving-mnist-frame-vqvae": "vqlib.recipes.ch08_video_tokenizers:train_moving_mnist_frame_vqvae",  # chapter 8: frame by frame

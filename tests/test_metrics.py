@@ -56,3 +56,46 @@ def test_code_counts_bad_indices():
 def test_code_bits():
     assert metrics.code_bits((7, 7), 256) == 7 * 7 * 8
     assert metrics.code_bits((4, 8, 8), 1024) == 4 * 8 * 8 * 10
+
+
+def test_usage_ci_matches_a_brute_force_bias_corrected_bootstrap_and_the_plain_usage():
+    torch.manual_seed(0)
+    codes = torch.randint(0, 40, (30, 2, 3))  # (N, h, w) the code maps of 30 items
+    other = torch.randint(0, 12, (30, 2, 3))
+    usage = lambda c, k: metrics.codebook_usage(metrics.code_counts(c, k))  # noqa: E731
+    draws = torch.randint(30, (200, 30), generator=torch.Generator().manual_seed(3))  # the resampled items
+    levels = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    for got, want, boot in (
+            (metrics.usage_ci(codes, 50, n_boot=200, seed=3), usage(codes, 50),
+             [usage(codes[r], 50) for r in draws]),
+            (metrics.usage_ci(codes, 50, other, 16, n_boot=200, seed=3), usage(codes, 50) - usage(other, 16),
+             [usage(codes[r], 50) - usage(other[r], 16) for r in draws])):  # paired: the same items
+        boot = torch.tensor(boot, dtype=torch.float64)
+        low, high = torch.quantile(boot, levels) - (boot.mean() - want)  # shifted by the bootstrap's bias
+        assert got.estimate == pytest.approx(want)
+        assert (got.low, got.high) == (pytest.approx(low.item()), pytest.approx(high.item()))
+        assert got.low <= got.estimate <= got.high
+    single = torch.tensor([usage(codes[r], 50) for r in draws])
+    assert single.mean() < usage(codes, 50)  # resamples hold fewer distinct items: biased down
+
+
+def test_usage_ci_of_items_that_all_use_the_same_codes_has_no_spread():
+    codes = torch.tensor([[0, 1, 2]]).repeat(10, 1)  # every item uses codes 0, 1 and 2
+    got = metrics.usage_ci(codes, 6, n_boot=100)
+    assert (got.estimate, got.low, got.high) == (0.5, 0.5, 0.5)
+
+
+def test_usage_ci_bad_input():
+    codes = torch.arange(15).view(5, 3) % 4  # (5, 3) codes 0 to 3
+    with pytest.raises(TypeError, match="torch.long"):
+        metrics.usage_ci(codes.float(), 4)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        metrics.usage_ci(codes, 3)
+    with pytest.raises(ValueError, match="other_size"):
+        metrics.usage_ci(codes, 4, codes)
+    with pytest.raises(ValueError, match="same number of items"):
+        metrics.usage_ci(codes, 4, codes[:4], 4)
+    with pytest.raises(ValueError, match="N >= 2"):
+        metrics.usage_ci(codes[:1], 4)
+    with pytest.raises(ValueError, match="n_boot"):
+        metrics.usage_ci(codes, 4, n_boot=10)

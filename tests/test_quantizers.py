@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqlib.quantizers.vector import (EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, kmeans, nearest_code,
-                                     straight_through, straight_through_with_loss)
+from vqlib.quantizers.vector import (EMAVectorQuantizer, QuantizerOutput, VectorQuantizer, kmeans, lloyd_step,
+                                     nearest_code, straight_through, straight_through_with_loss)
 
 QUANTIZERS = [VectorQuantizer, EMAVectorQuantizer]
 EXACT = "donot_use_mm_for_euclid_dist"  # cdist by differences, not by the expanded square
@@ -364,6 +364,33 @@ def test_kmeans_step_moves_each_centroid_to_the_mean_of_its_rows():
     assign = (vectors - start.T).abs().argmin(1)  # brute force
     want = torch.stack([vectors[assign == j].mean(0) if (assign == j).any() else start[j] for j in range(2)])
     torch.testing.assert_close(got, want)
+
+
+def test_lloyd_steps_from_one_start_never_raise_the_mean_squared_distance():
+    torch.manual_seed(0)
+    centres = 6 * torch.randn(5, 3)
+    vectors = (centres[:, None] + torch.randn(5, 40, 3)).reshape(-1, 3)  # (200, 3)
+    mean_sq = lambda c: torch.cdist(vectors, c).min(1).values.pow(2).mean().item()  # noqa: E731
+    torch.manual_seed(4)
+    start = kmeans(vectors, k=8, iters=0)
+    curve, centroids = [mean_sq(start)], start
+    for _ in range(15):
+        centroids = lloyd_step(vectors, centroids)
+        curve.append(mean_sq(centroids))
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(curve, curve[1:])), curve
+    assert curve[-1] < 0.9 * curve[0]  # and it does improve on its start
+    torch.manual_seed(4)  # kmeans(iters=n) is n Lloyd steps from the same seeded start
+    torch.testing.assert_close(kmeans(vectors, k=8, iters=15), centroids)
+
+
+def test_lloyd_step_leaves_a_centroid_without_rows_in_place_and_checks_shapes():
+    vectors = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    centroids = torch.tensor([[0.0, 1.0], [100.0, 100.0]])  # the second wins no row
+    torch.testing.assert_close(lloyd_step(vectors, centroids), torch.tensor([[2 / 3, 4 / 3], [100.0, 100.0]]))
+    with pytest.raises(ValueError, match="same D"):
+        lloyd_step(vectors, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="same D"):
+        lloyd_step(vectors[:0], centroids)
 
 
 def test_ema_kmeans_init_starts_from_centroids_once(monkeypatch):

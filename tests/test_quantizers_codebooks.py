@@ -84,3 +84,27 @@ def test_the_compared_quantizers_all_spend_about_8_bits_per_position():
         q = make_quantizer(kind, 16, **options)
         assert 7.9 < math.log2(codes_per_position(q)) <= 8, name
     assert comparison_model("quick")["code_dim"] == 16
+
+
+def test_the_sweep_quantizers_have_about_K_codes_and_share_the_tables_runs_at_256():
+    from vqlib.recipes.ch06_codebooks import sized_quantizers, sweep_sizes
+
+    assert set(sweep_sizes("quick")) <= set(sweep_sizes("full")) == {2 ** e for e in range(4, 13)}
+    for k in sweep_sizes("full"):
+        for name, (kind, options) in sized_quantizers(k).items():
+            size = codes_per_position(make_quantizer(kind, 16, **options))
+            assert abs(math.log2(size / k)) < 0.2, (name, k, size)  # 2 × 6 codes: 36 for K = 32
+    assert all(entry in COMPARED.values() for entry in sized_quantizers(256).values())  # the table's runs
+    with pytest.raises(ValueError, match="power of 2 from 16 to 4096"):
+        sized_quantizers(100)
+
+
+def test_train_sweep_prior_models_the_codes_of_a_single_index_quantizer():
+    from vqlib.recipes.ch06_codebooks import train_sweep_prior
+
+    model, _ = train_mnist_codebook("ema", dict(codebook_size=16), profile="smoke", steps=4)
+    prior, history = train_sweep_prior(model, profile="smoke", progress=False)
+    assert (prior.config.vocab_size, prior.config.block_size) == (16, 49)
+    assert "bits_per_dim" in history.eval[-1]
+    with pytest.raises(ValueError, match="one index per position"):
+        train_sweep_prior(tiny("residual"), profile="smoke")

@@ -91,11 +91,13 @@ def test_lfq_codes_are_signs_and_indices_are_binary_numbers():
     torch.testing.assert_close(out.z_q.movedim(1, -1).reshape(-1, 3), signs @ q.project_out.weight.t() + q.project_out.bias)
 
 
-def test_lfq_entropy_terms_equal_a_softmax_over_the_explicit_codebook():
+@pytest.mark.parametrize("bits", [1, 4, 5])  # one half empty, equal halves, unequal halves
+def test_lfq_entropy_terms_equal_a_softmax_over_the_explicit_codebook(bits):
     tau = 0.7
-    q = LookupFreeQuantizer(bits=4, code_dim=3, tau=tau).double()
-    z = torch.randn(40, 4, dtype=torch.float64)
-    codebook = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=4)), dtype=torch.float64)  # (16, d)
+    q = LookupFreeQuantizer(bits=bits, code_dim=3, tau=tau).double()
+    z = torch.randn(40, bits, dtype=torch.float64)
+    codebook = q.indices_to_codes(torch.arange(2 ** bits)).double()  # (K, d) row k is code k
+    assert len(set(map(tuple, codebook.tolist()))) == 2 ** bits == len(list(itertools.product([-1, 1], repeat=bits)))
     p = torch.softmax(-torch.cdist(z, codebook) ** 2 / tau, dim=1)  # (N, K) p(c | z)
     entropy = lambda probs: -(probs * probs.log()).sum(-1)  # noqa: E731
     per_sample, batch = q.entropy_terms(z)

@@ -11,7 +11,8 @@ Dimension key: B batch, C channels, H W height and width, K codebook size.
 - ``code_bits``: the size of one image's code, H·W·log2 K bits.
 - ``Interval``, ``bootstrap_ci`` and ``seed_ci``: how sure a measured number is. ``bootstrap_ci``
   resamples the test items (paired when two models scored the same items); ``seed_ci`` is the
-  Student-t interval of a quantity measured over several training seeds.
+  Student-t interval of a quantity measured over several training seeds; ``usage_ci`` resamples
+  the items whose codes a codebook usage counts.
 - ``frechet_distance``: the Fréchet distance between Gaussians fitted to two sets of features
   (Heusel et al., 2017: FID when the features are Inception-v3's); lower is closer, 0 for equal
   statistics. It is biased upwards at small sample counts, so compare it only at equal counts.
@@ -183,6 +184,47 @@ def bootstrap_ci(values: torch.Tensor | Sequence[float], other: torch.Tensor | S
         draw_b = draw_a if paired else torch.randint(len(b), (n_boot, len(b)), generator=g)
         boot, estimate = stat(a[draw_a]) - stat(b[draw_b]), stat(a) - stat(b)
     low, high = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return Interval(float(estimate), float(low), float(high), level)
+
+
+def usage_ci(codes: torch.Tensor, codebook_size: int, other: torch.Tensor | None = None,
+             other_size: int | None = None, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+    """Bootstrap interval of the codebook usage of ``codes`` (N, ...) long, the codes of N items (e.g.
+    the code maps of N test images) over ``codebook_size`` codes; with ``other`` (N, ...), the codes of
+    the same N items under another model with ``other_size`` codes, of usage(codes) - usage(other),
+    the items resampled together (paired).
+
+    A resample repeats some items and so holds fewer distinct ones: its usage is biased downwards,
+    and a plain percentile interval can miss the estimate altogether. The percentile interval is
+    therefore shifted by the bootstrap's bias, mean(resampled) - estimate, so that it describes the
+    spread of the estimate around itself.
+    """
+    _check_level(level)
+    if n_boot < 100:
+        raise ValueError(f"n_boot must be at least 100, got {n_boot}")
+    sets = [(codes, codebook_size, "codes")] + ([] if other is None else [(other, other_size, "other")])
+    if other is not None and (other_size is None or len(other) != len(codes)):
+        raise ValueError(f"other needs other_size and the same number of items as codes ({len(codes)}), "
+                         f"got {len(other)} items and other_size={other_size!r}")
+    presence = []  # (N, K) per set: 1 where an item uses a code
+    for c, size, name in sets:
+        if not torch.is_tensor(c) or c.dim() < 1 or len(c) < 2:
+            raise ValueError(f"{name} must be a tensor (N, ...) of the codes of N >= 2 items, got "
+                             f"{tuple(c.shape) if torch.is_tensor(c) else type(c).__name__}")
+        code_counts(c, size)  # checks the dtype and the range of the codes
+        rows = torch.arange(len(c)).repeat_interleave(c[0].numel())
+        presence.append(torch.zeros(len(c), size).index_put_((rows, c.flatten().cpu()), torch.tensor(1.0)))
+    n = len(codes)
+
+    def usage(weights: torch.Tensor) -> torch.Tensor:  # (B, N) multiplicity of each item -> (B,) usage
+        used = [((weights @ p) > 0).double().mean(1) for p in presence]  # (B,) per set
+        return used[0] - used[1] if len(used) == 2 else used[0]
+
+    draws = torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))  # (n_boot, N)
+    boot = usage(torch.zeros(n_boot, n).scatter_add_(1, draws, torch.ones(n_boot, n)))  # (n_boot,)
+    estimate = usage(torch.ones(1, n))[0]
+    bias = boot.mean() - estimate
+    low, high = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)) - bias
     return Interval(float(estimate), float(low), float(high), level)
 
 

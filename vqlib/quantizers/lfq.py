@@ -14,8 +14,9 @@ small per-sample entropy (each z sits firmly in one code) minus large entropy of
 assignment (the batch spreads over all codes). The soft assignment is a softmax over the codes of
 the negative squared distances, p(c | z) ∝ exp(-||z - c||² / tau). For the corners of a cube it
 factorises over dimensions, p(c_i = 1 | z) = sigmoid(4 z_i / tau), so the per-sample entropy is a sum
-of d binary entropies; the batch average does not factorise and is computed over all 2^d codes
-(fine for the d <= 12 used here). The loss is beta · mse(z, sg[q]) + entropy_weight · L_entropy,
+of d binary entropies; the batch average does not factorise and is computed over all 2^d codes,
+as one matrix product of the probabilities of the low and the high half of the bits (fine for the
+d <= 12 used here). The loss is beta · mse(z, sg[q]) + entropy_weight · L_entropy,
 with z_q = z + sg[q - z] (straight through).
 
 The weight of the penalty is fixed during training here. Projections D -> d and back d -> D let
@@ -78,14 +79,27 @@ class LookupFreeQuantizer(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             logits = 4 * z.float() / self.tau  # (N, d) logit of p(c_i = 1 | z)
             per_sample = binary_entropy(logits).sum(dim=1).mean()
-            corners = (self.indices_to_codes(torch.arange(self.codebook_size, device=z.device)) > 0).float()  # (K, d)
-            # log p(c|z) = sum_i [c_i = 1] logsig(l_i) + [c_i = -1] logsig(-l_i) = sum_i logsig(-l_i) + l·[c = 1],
-            # since logsig(l) - logsig(-l) = l: one (N, d) x (d, K) product
-            log_p = F.logsigmoid(-logits).sum(dim=1, keepdim=True) + logits @ corners.t()  # (N, K)
-            # below e^-80 a probability adds nothing to the average, and exp would return slow subnormal floats
-            average = log_p.clamp_min(-80.0).exp().mean(dim=0)  # (K,) E_z[p(c | z)]
+            # p(c|z) = p(c_low|z) · p(c_high|z) for the low and high bits of the index, so the batch
+            # average over all 2^d codes is one matrix product of the two halves' probabilities,
+            # (2^(d-b), N) x (N, 2^b), instead of N·2^d exponentials
+            low = self.bits // 2
+            p_low, p_high = self.half_probs(logits[:, :low]), self.half_probs(logits[:, low:])  # (N, 2^b), (N, 2^(d-b))
+            average = (p_high.t() @ p_low).flatten() / len(z)  # (K,) E_z[p(c | z)], index = high·2^b + low
             batch = -(average * average.clamp_min(1e-30).log()).sum()
         return per_sample, batch
+
+    @staticmethod
+    def half_probs(logits: torch.Tensor) -> torch.Tensor:
+        """p(c|z) over the 2^b codes of b dimensions, from their logits (N, b) -> (N, 2^b), code k's bit i
+        the sign of dimension i."""
+        b = logits.shape[1]
+        corners = ((torch.arange(2 ** b, device=logits.device)[:, None] >> torch.arange(b, device=logits.device)) & 1)
+        # log p(c|z) = sum_i [c_i = 1] logsig(l_i) + [c_i = -1] logsig(-l_i) = sum_i logsig(-l_i) + l·[c = 1],
+        # since logsig(l) - logsig(-l) = l: one (N, b) x (b, 2^b) product
+        log_p = F.logsigmoid(-logits).sum(dim=1, keepdim=True) + logits @ corners.t().float()  # (N, 2^b)
+        # below e^-40 (e^-80 for a product of two halves) a probability adds nothing to the average, and
+        # exp would return slow subnormal floats
+        return log_p.clamp_min(-40.0).exp()
 
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
         check_latents(z_e, self.code_dim)

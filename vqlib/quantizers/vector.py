@@ -15,13 +15,14 @@ What is in it:
   loss ``mse(z_q, sg[z_e])``, next to the commitment loss ``beta * mse(z_e, sg[z_q])``;
 - ``EMAVectorQuantizer``: the codebook follows moving averages of the vectors assigned to each
   code (no codebook gradient, only the commitment loss), starts from samples of the first batch
-  and re-seeds dead codes from current encoder outputs (Dhariwal et al. 2020, "Jukebox"), so
-  that the codebook does not collapse. Under torch.distributed the statistics are summed over
+  and re-seeds dead codes from current encoder outputs (both as in Dhariwal et al. 2020, "Jukebox"),
+  so that the codebook does not collapse. Under torch.distributed the statistics are summed over
   processes and the samples come from rank 0 (``vqlib.core.distributed``): every process keeps the
   same codebook.
 
 ``EMAVectorQuantizer(kmeans_iters=n)`` starts instead from ``n`` steps of Lloyd's k-means on the
-first batch, as Jukebox and SoundStream do (``kmeans``; chapter 6 measures the difference).
+first batch, as SoundStream does (Zeghidour et al. 2021; ``kmeans``, ``lloyd_step``; chapter 6
+measures the difference).
 
 Left out: k-means++ seeding, cosine-similarity and low-dimensional codebooks (``vqlib.quantizers.factorized``), stochastic (Gumbel) assignment.
 
@@ -128,11 +129,28 @@ def nearest_code(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         return distances.argmin(dim=1)  # (N,)
 
 
-def kmeans(vectors: torch.Tensor, k: int, iters: int) -> torch.Tensor:
-    """k centroids of the rows of ``vectors`` by Lloyd's algorithm (Lloyd 1982). (N, D) -> (k, D).
+def lloyd_step(vectors: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """One step of Lloyd's algorithm (Lloyd 1982). vectors (N, D), centroids (k, D) -> new centroids (k, D).
 
-    Starts from k random rows; each iteration assigns every row to its nearest centroid and moves
-    each centroid to the mean of its rows. A centroid that wins no row stays where it is.
+    Assigns every row to its nearest centroid and moves each centroid to the mean of its rows; a
+    centroid that wins no row stays where it is. Neither half can raise the mean squared distance
+    of the rows to their nearest centroid, so repeated steps never make it worse.
+    """
+    if vectors.dim() != 2 or centroids.dim() != 2 or vectors.shape[1] != centroids.shape[1] \
+            or len(vectors) == 0 or len(centroids) == 0:
+        raise ValueError(f"lloyd_step needs rows (N, D) and centroids (k, D) with N, k ≥ 1 and the same D; "
+                         f"got {tuple(vectors.shape)} and {tuple(centroids.shape)}")
+    indices = nearest_code(vectors, centroids)  # (N,)
+    counts = torch.bincount(indices, minlength=len(centroids)).to(vectors.dtype)  # (k,)
+    sums = torch.zeros_like(centroids).index_add_(0, indices, vectors)  # (k, D)
+    return torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
+
+
+def kmeans(vectors: torch.Tensor, k: int, iters: int) -> torch.Tensor:
+    """k centroids of the rows of ``vectors`` by Lloyd's algorithm. (N, D) -> (k, D).
+
+    Starts from k random rows (the global torch generator: seed it to repeat a start) and takes
+    ``iters`` steps of ``lloyd_step``.
     """
     if iters < 0 or k < 1 or vectors.dim() != 2 or len(vectors) == 0:
         raise ValueError(f"kmeans needs rows (N, D) with N ≥ 1, k ≥ 1 and iters ≥ 0; got {tuple(vectors.shape)}, "
@@ -140,10 +158,7 @@ def kmeans(vectors: torch.Tensor, k: int, iters: int) -> torch.Tensor:
     vectors = vectors.detach()
     centroids = vectors[torch.randint(len(vectors), (k,), device=vectors.device)]  # (k, D)
     for _ in range(iters):
-        indices = nearest_code(vectors, centroids)  # (N,)
-        counts = torch.bincount(indices, minlength=k).to(vectors.dtype)  # (k,)
-        sums = torch.zeros_like(centroids).index_add_(0, indices, vectors)  # (k, D)
-        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
+        centroids = lloyd_step(vectors, centroids)
     return centroids
 
 
@@ -275,7 +290,7 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         check_sizes(codebook_size, code_dim, beta)
         self.codebook_size, self.code_dim, self.beta = int(codebook_size), int(code_dim), float(beta)
-        k = self.codebook_size  # uniform in ±1/K, as in the authors' Sonnet code
+        k = self.codebook_size  # uniform in ±1/K: not the paper's, but that of widely copied PyTorch ports
         self.codebook = nn.Parameter(torch.empty(k, self.code_dim).uniform_(-1 / k, 1 / k))  # (K, D)
 
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
