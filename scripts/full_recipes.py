@@ -53,6 +53,8 @@ from vqlib.recipes.ch06_codebooks import COMPARED, comparison_model, comparison_
 from vqlib.recipes.ch07_maskgit import mnist_maskgit_config, mnist_maskgit_train_config
 from vqlib.recipes.ch08_video_tokenizers import (TIME_MIXING, equal_bits_configs, time_mixing_configs,
                                                  time_mixing_train_config, video_train_config)
+from vqlib.recipes.ch09_video_generation import superres_train_config
+from vqlib.tokenizers.superres import SuperResConfig, VideoSuperRes, superres_loss
 from vqlib.tokenizers.vae import VAE, Autoencoder, VAEConfig, negative_elbo, reconstruction_loss
 from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig
 from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
@@ -71,7 +73,8 @@ CH5_PRIOR_TRAINING = TrainConfig(steps=20_000, batch_size=64, lr=5e-4, warmup_st
 CH8_CLIP = dict(frames=8, size=(24, 12), channels=3, hidden=32, res_hidden=16, res_blocks=1, codebook_size=64,
                 code_dim=16)  # chapters/08_video_tokenizers.md, cfg_clip
 CH8_CLIP_TRAINING = dict(steps=2000, batch_size=8)  # chapters/08_video_tokenizers.md, the clip's budget
-CH9_T, CH9_S, CH9_DIGITS = 16, 64, 2  # chapters/09_video_generation.md: frames, side, digits per clip
+CH9_T, CH9_S, CH9_DIGITS = 16, 32, 2  # chapters/09_video_generation.md: frames, side, digits per clip
+CH9_SCALE = 2  # ... SCALE: the super-resolution stage's factor
 CH9_TOKENIZER = dict(time_downsample=2, space_downsample=8, codebook_size=1024)  # ... TOKENIZER
 CH9_TOKENIZER_STEPS = 20_000  # ... TOKENIZER_STEPS
 CH9_PRIOR_TRAINING = TrainConfig(steps=20_000, batch_size=64, lr=1e-3, warmup_steps=500, cosine=True,
@@ -303,6 +306,21 @@ def tracker() -> FullRun:
                    lambda m, b: logits_to_states(m(b[0]), CH9_DIGITS), unit="clips")
 
 
+def superres() -> FullRun:
+    tokenizer = ch9_tokenizer_config()
+    config = SuperResConfig.for_profile(tokenizer.code_dim, tokenizer.time_downsample, tokenizer.space_downsample,
+                                        scale=CH9_SCALE, profile=FULL)
+    t, h, w = tokenizer.latent_shape
+    big = CH9_SCALE * CH9_S
+
+    def example(n: int) -> tuple:
+        return (torch.rand(n, CH9_T, 1, CH9_S, CH9_S), torch.randn(n, tokenizer.code_dim, t, h, w),
+                torch.rand(n, CH9_T, 1, big, big))
+
+    return FullRun(VideoSuperRes(config), superres_train_config(FULL), example, superres_loss,
+                   lambda m, b: m(b[0], b[1]), unit="clips")
+
+
 CAPTIONS = CaptionTokenizer.fit(["a 0 moves left while a 1 moves right", "a 2 moves up while a 3 moves down",
                                  "a 4 moves left while a 5 moves up", "a 6 moves down while a 7 moves right",
                                  "an 8 moves up while a 9 moves left"])  # the vocabulary of the clips' captions
@@ -347,6 +365,7 @@ RECIPES: dict[str, Callable[[], FullRun]] = {  # name -> builder; scripts/train.
     "ch9-tokenizer": moving_mnist_tokenizer,  # chapter 9
     "ch9-tracker": tracker,
     "ch9-video-prior": video_prior,
+    "ch9-superres": superres,
 }
 
 

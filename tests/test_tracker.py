@@ -5,6 +5,7 @@ import torch
 
 from vqlib.data.mnist import caption, moving_mnist
 from vqlib.judges.tracker import (Tracker, TrackerConfig, caption_match, logits_to_states, motion_states, read_states,
+                                  tracker_features,
                                   states_to_caption, tracker_loss, train_tracker)
 from vqlib.training.loop import TrainConfig
 
@@ -93,3 +94,17 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="one caption per clip"):
         caption_match(model, torch.rand(2, T, 1, S, S), torch.zeros(3, 1, dtype=torch.long),
                       torch.zeros(3, 1, dtype=torch.long))
+
+
+def test_features_are_the_pooled_activations_that_the_heads_read():
+    torch.manual_seed(0)
+    model = Tracker(config()).eval()
+    videos = torch.rand(3, T, 1, S, S)
+    feats = model.features(videos)
+    w2 = model.config.widths[1]
+    assert feats.shape == (3, 2 * w2)
+    headings = model.motion[-3:](feats[:, w2:]).view(3, 10, -1)  # the motion stream's MLP on its half
+    torch.testing.assert_close(headings, model(videos)[..., 1:])
+    torch.testing.assert_close(tracker_features(model, videos, batch_size=2), feats)
+    with pytest.raises(ValueError, match="expected clips"):
+        model.features(torch.rand(3, T, 1, 2 * S, 2 * S))

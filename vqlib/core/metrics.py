@@ -16,6 +16,8 @@ Dimension key: B batch, C channels, H W height and width, K codebook size.
 - ``frechet_distance``: the Fréchet distance between Gaussians fitted to two sets of features
   (Heusel et al., 2017: FID when the features are Inception-v3's); lower is closer, 0 for equal
   statistics. It is biased upwards at small sample counts, so compare it only at equal counts.
+- ``group_spread``: the mean pairwise distance between the items of each group (e.g. the samples
+  drawn for one caption): a diversity score, compared at equal group sizes.
 """
 
 from __future__ import annotations
@@ -112,6 +114,34 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     root_a = _sqrtm_psd(cov_a)
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
     return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def group_spread(feats: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean Euclidean distance between the distinct pairs of items of each group.
+
+    feats (N, F), groups (N,) long group labels -> (labels (G,), spread (G,) float64), for the G groups
+    with at least 2 items, labels in increasing order. A model that draws the same sample for every
+    request of a group scores 0. Like every distance, it grows with the number of features and their
+    scale: compare it only in one feature space, and at equal group sizes.
+    """
+    if feats.dim() != 2 or groups.shape != (len(feats),):
+        raise ValueError(f"expected features (N, F) and one group label per row (N,), got "
+                         f"{tuple(feats.shape)} and {tuple(groups.shape)}")
+    if groups.dtype != torch.long:
+        raise TypeError(f"groups must be torch.long labels, got {groups.dtype}")
+    if not torch.isfinite(feats).all():
+        raise ValueError("feats contains NaN or inf")
+    f, groups = feats.detach().double().cpu(), groups.cpu()
+    labels, counts = groups.unique(return_counts=True)
+    labels = labels[counts >= 2]
+    if not len(labels):
+        raise ValueError("no group has 2 or more items: a spread needs pairs")
+    spread = []
+    for label in labels:
+        d = torch.cdist(f[groups == label], f[groups == label])  # (n, n), 0 on the diagonal
+        n = len(d)
+        spread.append(d.sum() / (n * (n - 1)))
+    return labels, torch.stack(spread)
 
 
 # ----------------------------------------------------------------------------- error bars

@@ -12,14 +12,23 @@ data set hold a known number M of digits, and the tracker reads the M classes it
 two digits of the same class with different headings have no single state (``motion_states``
 keeps the first one's).
 
-Two streams (Simonyan & Zisserman 2014, in miniature): an **appearance** stream, a small CNN
-applied to a few single frames whose class scores are averaged (what is there), and a **motion**
-stream that stacks all the frames as channels (early fusion: each filter sees how its patch changes
-over time), which scores the four headings of every class (where it goes). Both end in a global
-max-pool, so a digit is read wherever it is. The output is (B, Q, 1 + D): [..., 0] the class
-scores, [..., 1:] the heading scores of each class.
+Two streams, one for what is there and one for where it goes. An **appearance** stream is a
+small CNN applied to a few single frames whose class scores are averaged: the "single-frame"
+model of Karpathy et al. (2014), who classify a video by averaging a frame classifier's
+predictions. A **motion** stream stacks all the raw frames as the channels of its first
+convolution, so each first-layer filter sees how its patch changes over time: Karpathy et al.'s
+"early fusion". Splitting a video network into an appearance stream and a motion stream is the
+idea of Simonyan & Zisserman's two-stream network (2014), and only the idea: their temporal stream
+reads stacked *optical flow* computed beforehand, not raw frames, and their two streams classify
+the same actions and their scores are averaged (or fed to an SVM), while here each stream answers its own question (the
+appearance stream which classes, the motion stream each class's heading). Both streams end in a
+global max-pool, so a digit is read wherever it is. The output is (B, Q, 1 + D): [..., 0] the
+class scores, [..., 1:] the heading scores of each class. ``Tracker.features`` gives the pooled
+activations of both streams (B, 2·w2), the feature space of the chapter's Fréchet distance and
+diversity; ``tracker_features`` computes them for a whole set of clips.
 
-Left out: positions and bounding boxes, two digits of one class, and calibration.
+Left out: optical flow, positions and bounding boxes, two digits of one class, and calibrated
+confidences (Chapter 9 checks that its features rank known distortions of real clips).
 
 Dimension key: B batch, T frames, C channels, S frame side, M digits per clip, Q digit classes,
 D directions (the state has D + 1 values).
@@ -67,7 +76,7 @@ class TrackerConfig:
                     profile: str | None = None, **overrides) -> "TrackerConfig":
         """The book's size for ``profile`` (default: the current one); ``overrides`` set any field."""
         widths = pick(smoke=(4, 8), quick=(16, 32), full=(32, 64), profile=profile)
-        every = pick(smoke=4, quick=4, full=1, profile=profile)
+        every = pick(smoke=4, quick=2, full=1, profile=profile)
         return dataclasses.replace(cls(frames, size, channels, num_digits=num_digits, widths=widths,
                                        appearance_every=every), **overrides)
 
@@ -88,6 +97,9 @@ def states_to_caption(states: torch.Tensor) -> str:
     """One clip's states (Q,) -> its caption, digits in increasing order ("" if no digit is present)."""
     present = [(q, int(s) - 1) for q, s in enumerate(states.tolist()) if s > 0]
     return caption(*zip(*present)) if present else ""
+
+
+MLP_LAYERS = 3  # Linear, ReLU, Linear: the end of each stream after its global max-pool
 
 
 def appearance_stream(channels: int, widths: tuple[int, int], hidden: int, outputs: int) -> nn.Sequential:
@@ -138,6 +150,15 @@ class Tracker(nn.Module):
         headings = self.motion(videos.flatten(1, 2)).view(b, q, d)  # (B, Q, D)
         return torch.cat([classes[:, :, None], headings], dim=2)  # (B, Q, 1 + D)
 
+    def features(self, videos: torch.Tensor) -> torch.Tensor:
+        """The global max-pooled activations of both streams, before their MLPs: (B, T, C, S, S) -> (B, 2·w2),
+        the appearance half averaged over the frames that stream reads."""
+        self.check(videos)
+        frames = videos[:, :: self.config.appearance_every]  # (B, T', C, S, S)
+        look = self.appearance[:-MLP_LAYERS](frames.flatten(0, 1)).view(len(videos), frames.shape[1], -1)
+        move = self.motion[:-MLP_LAYERS](videos.flatten(1, 2))  # (B, w2)
+        return torch.cat([look.mean(1), move], dim=1)  # (B, 2·w2)
+
 
 def logits_to_states(logits: torch.Tensor, num_digits: int) -> torch.Tensor:
     """The M classes with the highest scores, each with its best heading: (B, Q, 1 + D) -> states (B, Q) long."""
@@ -163,6 +184,11 @@ def tracker_loss(model: Tracker, batch: tuple) -> dict[str, torch.Tensor]:
 def read_states(model: Tracker, videos: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The tracker's reading of clips (N, T, C, S, S) -> states (N, Q) long, on the CPU."""
     return in_batches(lambda v: logits_to_states(model(v), model.config.num_digits), model, videos, batch_size)
+
+
+def tracker_features(model: Tracker, videos: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """``model.features`` of a whole set of clips (N, T, C, S, S) -> (N, 2·w2), on the CPU."""
+    return in_batches(model.features, model, videos, batch_size)
 
 
 def caption_match(model: Tracker, videos: torch.Tensor, labels: torch.Tensor,

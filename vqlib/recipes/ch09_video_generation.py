@@ -1,11 +1,16 @@
-"""Chapter 9: training the video prior on a tokenizer's codes and their captions.
+"""Chapter 9: training the video prior on a tokenizer's codes and their captions, and the
+super-resolution stage that takes its clips to twice the side.
 
 What is in it: ``train_video_prior``, ``vqlib.training.loop.fit`` with
 ``vqlib.priors.video_prior.video_prior_loss`` on grids of codes and caption ids, cached by both
-configs and a digest of the codes and captions. The tokenizer of chapter 9 is trained by
-``vqlib.recipes.ch08_video_tokenizers.train_video_vqvae``.
+configs and a digest of the codes and captions; ``decode_with_codes`` (code grids -> the clips they
+decode to and their code vectors), ``super_resolve`` (those -> clips at r× the side) and
+``superres_train_config`` and ``train_super_resolution`` (``vqlib.tokenizers.superres.VideoSuperRes`` on real high-resolution clips
+shrunk, coded and decoded by the tokenizer, cached by configs and data). The tokenizer of chapter 9
+is trained by ``vqlib.recipes.ch08_video_tokenizers.train_video_vqvae``.
 
-Dimension key: N clips, t h w code-grid size, P caption words.
+Dimension key: N clips, T frames, C channels, S frame side, r scale, D code dim, t h w code-grid
+size, P caption words.
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
-from vqlib.core.inference import in_batches
+from vqlib.core.device import model_device, to_device
+from vqlib.core.inference import evaluating, in_batches
+from vqlib.core.pixels import shrink
 from vqlib.core.profile import pick
 from vqlib.priors.text import CaptionTokenizer
 from vqlib.priors.video_prior import VideoPrior, VideoPriorConfig, video_prior_loss
 from vqlib.recipes.ch08_video_tokenizers import kth_clips, train_kth_tokenizer
+from vqlib.tokenizers.superres import VideoSuperRes, superres_loss
 from vqlib.training.checkpoints import checkpoint_path, data_digest
 from vqlib.training.loop import History, TrainConfig, fit
 
@@ -44,7 +53,7 @@ KTH_TOKENIZER = dict(time_downsample=2, space_downsample=8)  # chapter 9's code 
 
 def video_prior_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The training budget of chapter 9's video prior for a profile."""
-    defaults = dict(steps=pick(10, 2000, 20_000, profile=profile), batch_size=pick(8, 16, 64, profile=profile),
+    defaults = dict(steps=pick(10, 1600, 20_000, profile=profile), batch_size=pick(8, 16, 64, profile=profile),
                     lr=pick(5e-3, 5e-3, 1e-3, profile=profile), warmup_steps=pick(0, 20, 500, profile=profile),
                     cosine=True, log_every=pick(5, 50, 200, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
@@ -64,3 +73,43 @@ def train_kth_video_prior(profile: str | None = None, progress: bool | None = No
     history = train_video_prior(prior, codes, train.captions, video_prior_train_config(profile),
                                 "ch9-kth-video-prior", progress=progress)
     return prior, history
+
+
+def superres_train_config(profile: str | None = None) -> TrainConfig:
+    """How chapter 9's super-resolution stage is trained in each profile."""
+    return TrainConfig(steps=pick(smoke=4, quick=200, full=5000, profile=profile),
+                       batch_size=pick(smoke=4, quick=8, full=32, profile=profile), lr=2e-3,
+                       cosine=True, log_every=pick(smoke=2, quick=50, full=200, profile=profile))
+
+
+def decode_with_codes(tokenizer: nn.Module, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Code grids (N, t, h, w) -> (the clips they decode to (N, T, C, S, S), clipped to [0, 1], and
+    their code vectors z_q (N, D, t, h, w)), on the CPU: what ``VideoSuperRes`` reads."""
+    x_low = in_batches(lambda i: tokenizer.decode(i).clamp(0, 1), tokenizer, indices, 256)
+    z_q = in_batches(tokenizer.quantizer.decode_indices, tokenizer, indices, 256)
+    return x_low, z_q
+
+
+@torch.no_grad()
+def super_resolve(model: VideoSuperRes, x_low: torch.Tensor, z_q: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Decoded clips (N, T, C, S, S) and their code vectors (N, D, t, h, w) (``decode_with_codes``)
+    -> clips (N, T, C, r·S, r·S) in [0, 1], in batches on the model's device, gathered on the CPU."""
+    device = model_device(model)
+    with evaluating(model):
+        return torch.cat([model(*to_device((x_low[i:i + batch_size], z_q[i:i + batch_size]), device)).clamp(0, 1).cpu()
+                          for i in range(0, len(x_low), batch_size)])
+
+
+def train_super_resolution(model: VideoSuperRes, tokenizer: nn.Module, videos_high: torch.Tensor,
+                           config: TrainConfig, name: str, progress: bool | None = None) -> History:
+    """Train ``model`` on real clips ``videos_high`` (N, T, C, r·S, r·S) with ``fit`` (or load it).
+
+    Each clip is shrunk r times (``vqlib.core.pixels.shrink``), coded and decoded by ``tokenizer``;
+    the model learns to map that decoding and its codes back to the real clip. The checkpoint is
+    keyed by both configs and a digest of the pairs, so a retrained tokenizer trains a new stage.
+    """
+    indices = in_batches(tokenizer.encode, tokenizer, shrink(videos_high, model.config.scale), 256)
+    x_low, z_q = decode_with_codes(tokenizer, indices)
+    data = TensorDataset(x_low, z_q, videos_high)
+    return fit(model, superres_loss, data, config, progress=progress,
+               checkpoint=checkpoint_path(name, model.config, config, {"data": data_digest(*data.tensors)}))
