@@ -22,8 +22,8 @@ from torch.utils.data import TensorDataset
 
 from vqlib.core.device import model_device, to_device
 from vqlib.core.inference import evaluating, in_batches
-from vqlib.data.kth import ACTIONS, CAPTIONS
 from vqlib.core.profile import pick
+from vqlib.data.kth import ACTIONS, CAPTIONS
 from vqlib.priors.text import CaptionTokenizer
 from vqlib.priors.video_prior import VideoPrior, VideoPriorConfig, video_prior_loss
 from vqlib.recipes.ch08_video_tokenizers import kth_clips, train_kth_tokenizer
