@@ -41,13 +41,14 @@ def write_avi(levels: list[int]) -> bytes:
     return out.getvalue()
 
 
-def serve(server, monkeypatch, frames=FRAMES):
-    """Six action zips in ``server``: boxing and walking hold a video of one person of each split (video
-    ids 0-2 and 3-5), the other four zips one test video each; ``data`` fetches them from there."""
+def serve(server, monkeypatch, frames=FRAMES, everyone=("boxing", "walking")):
+    """Six action zips in ``server``: the actions of ``everyone`` (default boxing and walking) hold a video of
+    one person of each split (video ids 0-2 and 3-5), the other zips one test video each; ``data`` fetches
+    them from there."""
     server.mkdir()
     checksums, video = {}, 0
     for action in data.ACTIONS:
-        people = PEOPLE.values() if action in ("boxing", "walking") else [PEOPLE["test"]]
+        people = PEOPLE.values() if action in everyone else [PEOPLE["test"]]
         with zipfile.ZipFile(server / f"{action}.zip", "w") as archive:
             for person in people:
                 levels = [level(video % 4, t) for t in range(frames)]
@@ -186,3 +187,72 @@ def test_the_full_dry_run_covers_the_real_video_models():
 
     assert equal_bits_configs("full", **KTH_TOKENIZER)["3d"] == full_recipes.ch9_tokenizer_config()
     assert video_prior_train_config("full") == full_recipes.CH9_PRIOR_TRAINING
+
+
+def test_one_clip_per_action_is_the_middle_clip_of_each(kth_mirror):
+    from vqlib.recipes.ch08_video_tokenizers import one_clip_per_action
+
+    test = data.kth("test", frames=3, size=16, stride=1)  # 6 kept frames: 4 clips per video, one video per action
+    picked = one_clip_per_action(test)
+    assert picked.tolist() == [4 * a + 2 for a in range(len(data.ACTIONS))]  # videos sorted by action
+    assert test.actions[picked].tolist() == list(range(len(data.ACTIONS)))
+    with pytest.raises(ValueError, match="no 'handclapping' clip"):
+        one_clip_per_action(data.kth("train", frames=3, size=16))  # person 11 only boxes and walks
+
+
+def test_psnr_per_clip_against_whole_reconstructions():
+    from vqlib.recipes.ch08_video_tokenizers import (equal_bits_configs, psnr_per_clip, psnr_per_frame,
+                                                     reconstruct_with_indices)
+    from vqlib.tokenizers.video import VideoVQVAE
+
+    torch.manual_seed(0)
+    model = VideoVQVAE(equal_bits_configs("smoke")["3d"]).train()
+    videos = torch.rand(5, 4, 1, 16, 16)
+    x_hat, _ = reconstruct_with_indices(model, videos)
+    expected = psnr_per_frame(videos, x_hat).mean(1)  # (5,)
+    torch.testing.assert_close(psnr_per_clip(model, videos, batch_size=2), expected)
+    assert model.training  # the mode is restored
+
+
+def test_chapter_8s_kth_section_runs_offline(kth_mirror):
+    from vqlib.recipes.ch08_video_tokenizers import evaluate_kth_tokenizer
+
+    results = evaluate_kth_tokenizer(profile="smoke", progress=False)
+    n_test = len(data.kth("test", frames=4, size=16))
+    assert results.psnr.shape == (n_test,) and torch.isfinite(results.psnr).all() and results.steps == 4
+    assert results.videos.shape == results.x_hat.shape == (len(data.ACTIONS), 4, 1, 16, 16)
+    assert 0 <= results.x_hat.min() and results.x_hat.max() <= 1
+
+
+def test_caption_bits_against_whole_clips():
+    from vqlib.priors.text import CaptionTokenizer
+    from vqlib.priors.video_prior import VideoPrior, VideoPriorConfig
+    from vqlib.recipes.ch09_video_generation import caption_bits
+
+    torch.manual_seed(0)
+    captions = ["a person boxes", "a person walks", "a person boxes"]
+    prior = VideoPrior(VideoPriorConfig.for_profile(8, (1, 2, 2), CaptionTokenizer.fit(captions), profile="smoke"))
+    codes = torch.randint(0, 8, (3, 1, 2, 2))
+    bits, bits_empty = caption_bits(prior, codes, captions, batch_size=2)
+    with torch.no_grad():
+        text = prior.caption_tokens(captions, 3)
+        torch.testing.assert_close(bits, prior.nll(codes, text) / np.log(2))
+        torch.testing.assert_close(bits_empty, prior.nll(codes) / np.log(2))
+    assert not torch.equal(bits, bits_empty)  # the caption changes the prediction
+    with pytest.raises(ValueError, match="2 captions for 3 grids"):
+        caption_bits(prior, codes, captions[:2])
+
+
+def test_chapter_9s_kth_section_runs_offline(tmp_path, monkeypatch):
+    from vqlib.recipes.ch09_video_generation import evaluate_kth_video_prior
+
+    monkeypatch.setenv("VQLIB_CACHE", str(tmp_path / "cache"))
+    serve(tmp_path / "server", monkeypatch, everyone=data.ACTIONS)  # every caption is a training caption
+    results = evaluate_kth_video_prior(profile="smoke", progress=False)
+    n_test = len(data.kth("test", frames=4, size=16))
+    assert results.bits.shape == results.bits_empty.shape == (n_test,) and results.steps == 10
+    assert torch.isfinite(results.bits).all() and torch.isfinite(results.bits_empty).all()
+    assert results.captions == tuple(data.CAPTIONS[a] for a in data.ACTIONS)
+    assert results.samples.shape == (len(data.ACTIONS), 4, 1, 16, 16)
+    assert 0 <= results.samples.min() and results.samples.max() <= 1
+    assert results.tokens == 2 * 2 * 2  # (T/2, S/8, S/8) codes of 4 frames of 16 x 16
