@@ -53,8 +53,9 @@ from vqlib.recipes.ch06_codebooks import COMPARED, comparison_model, comparison_
 from vqlib.recipes.ch07_maskgit import mnist_maskgit_config, mnist_maskgit_train_config
 from vqlib.recipes.ch08_video_tokenizers import (TIME_MIXING, equal_bits_configs, time_mixing_configs,
                                                  time_mixing_train_config, video_train_config)
-from vqlib.recipes.ch09_video_generation import superres_train_config
+from vqlib.recipes.ch09_video_generation import KTH_TOKENIZER, superres_train_config, video_prior_train_config
 from vqlib.tokenizers.superres import SuperResConfig, VideoSuperRes, superres_loss
+from vqlib.data.kth import CAPTIONS as KTH_ACTION_CAPTIONS
 from vqlib.tokenizers.vae import VAE, Autoencoder, VAEConfig, negative_elbo, reconstruction_loss
 from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig
 from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
@@ -340,6 +341,34 @@ def video_prior() -> FullRun:
                    unit="tokens", per_example=math.prod(latent))
 
 
+def kth_tokenizer_config() -> VideoVQVAEConfig:
+    """Chapter 9's KTH tokenizer in full: chapter 8's 3D tokenizer at KTH's clip size, chapter 9's code grid."""
+    return equal_bits_configs(FULL, **KTH_TOKENIZER)["3d"]
+
+
+def kth_prior_tokenizer() -> FullRun:
+    config = kth_tokenizer_config()
+    return FullRun(VideoVQVAE(config), video_train_config(FULL), lambda n: (_clips(n, config),), vqvae_loss,
+                   _roundtrip, unit="clips")
+
+
+KTH_CAPTIONS = CaptionTokenizer.fit(list(KTH_ACTION_CAPTIONS.values()))  # "a person boxes", ...
+
+
+def kth_video_prior() -> FullRun:
+    latent = kth_tokenizer_config().latent_shape
+    k = kth_tokenizer_config().codebook_size
+    model = VideoPrior(VideoPriorConfig.for_profile(k, latent, KTH_CAPTIONS, profile=FULL))
+    captions = list(KTH_ACTION_CAPTIONS.values())
+
+    def example(n: int) -> tuple:
+        return torch.randint(k, (n, *latent)), KTH_CAPTIONS.encode([captions[i % len(captions)] for i in range(n)])
+
+    return FullRun(model, video_prior_train_config(FULL), example, video_prior_loss,
+                   lambda m, b: m.sample(len(b[0]), captions=[captions[i % len(captions)] for i in range(len(b[0]))]),
+                   unit="tokens", per_example=math.prod(latent))
+
+
 RECIPES: dict[str, Callable[[], FullRun]] = {  # name -> builder; scripts/train.py's names where it has one
     "mnist-vae": vae,  # chapter 1
     "mnist-autoencoder": autoencoder,
@@ -366,6 +395,8 @@ RECIPES: dict[str, Callable[[], FullRun]] = {  # name -> builder; scripts/train.
     "ch9-tracker": tracker,
     "ch9-video-prior": video_prior,
     "ch9-superres": superres,
+    "kth-prior-tokenizer": kth_prior_tokenizer,  # chapters 8-9 in full: real video
+    "kth-video-prior": kth_video_prior,
 }
 
 

@@ -175,18 +175,24 @@ def test_the_real_video_recipes_train_on_kth_clips(kth_mirror):
 
 
 def test_the_full_dry_run_covers_the_real_video_models():
-    """The KTH recipes build the models of the full dry run's "moving-mnist-video-vqvae", "ch9-tokenizer" and
-    "ch9-video-prior" (only the caption vocabulary differs), so tests/test_full_dry_run.py covers them."""
+    """The full dry run (tests/test_full_dry_run.py) builds the KTH models at full size: chapter 8's KTH
+    tokenizer is its "moving-mnist-video-vqvae" model, and "kth-prior-tokenizer" and "kth-video-prior" are
+    chapter 9's KTH tokenizer and captioned prior with the recipes' own configs and budgets."""
     from pathlib import Path
 
-    from vqlib.recipes.ch08_video_tokenizers import equal_bits_configs
+    from vqlib.recipes.ch08_video_tokenizers import equal_bits_configs, video_train_config
     from vqlib.recipes.ch09_video_generation import KTH_TOKENIZER, video_prior_train_config
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import full_recipes
 
-    assert equal_bits_configs("full", **KTH_TOKENIZER)["3d"] == full_recipes.ch9_tokenizer_config()
-    assert video_prior_train_config("full") == full_recipes.CH9_PRIOR_TRAINING
+    assert full_recipes.RECIPES["moving-mnist-video-vqvae"]().model.config == equal_bits_configs("full")["3d"]
+    tokenizer = full_recipes.RECIPES["kth-prior-tokenizer"]()
+    assert tokenizer.model.config == equal_bits_configs("full", **KTH_TOKENIZER)["3d"]
+    assert tokenizer.train_config == video_train_config("full")
+    prior = full_recipes.RECIPES["kth-video-prior"]()
+    assert prior.model.config.latent_shape == tokenizer.model.latent_shape
+    assert prior.train_config == video_prior_train_config("full")
 
 
 def test_one_clip_per_action_is_the_middle_clip_of_each(kth_mirror):
