@@ -13,7 +13,7 @@ import pytest
 from helpers import ROOT, execute_chapter
 
 CHECKED = ["01_vae", "02_vqvae", "03_priors", "04_vqvae2", "05_vqgan", "06_codebooks", "07_maskgit",
-           "08_video_tokenizers", "09_video_generation"]
+           "08_video_tokenizers", "09_video_generation", "10_stories"]
 
 
 @pytest.mark.chapter

@@ -45,3 +45,38 @@ def test_seed004_quantizer_finds_the_same_codes_as_vqlib():
     out = book(z_e)
     assert torch.equal(indices.view(2, 5, 5), out.indices)
     torch.testing.assert_close(loss, out.loss)  # its losses are right
+
+
+def _latent_transformer():
+    torch.manual_seed(0)
+    return errata.LatentTransformer(text_dim=8, latent_dim=16, num_embeddings=32, num_heads=2, num_layers=1).eval()
+
+
+def test_seed004_latent_transformer_has_no_causal_mask():
+    model = _latent_transformer()
+    x = torch.randn(64, 1, 16)  # (T, B, D): the layout its encoder reads
+    changed = x.clone()
+    changed[40:] += 1.0  # change only the later positions
+    with torch.no_grad():
+        before, after = model.transformer(x), model.transformer(changed)
+    assert not torch.allclose(before[:40], after[:40])  # earlier outputs move: the future leaks
+
+
+def test_seed004_latent_transformer_never_reads_codes():
+    model = _latent_transformer()
+    text = torch.randn(2, 8)
+    with torch.no_grad():
+        first, second = model(text), model(text)
+    assert first.shape == (2, 63, 32)  # 63 logits, not 64
+    torch.testing.assert_close(first, second)  # a function of the text alone: no code goes in
+
+
+def test_seed004_sampler_makes_one_pass_and_its_reshape_fails():
+    model = _latent_transformer()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(RuntimeError, match="shape"):
+        errata.sample_latent_indices(model, torch.randn(1, 8))  # 63 codes cannot be an 8×8 grid
+    assert len(calls) == 1  # every position drawn from that single pass
+    grids = errata.sample_latent_indices(model, torch.randn(64, 8))
+    assert grids.shape == (63, 8, 8)  # 64 images in, 63 grids out: codes dealt across images

@@ -9,7 +9,8 @@ and ``benchmarks/quantizer_speed.py`` can run it and measure its mistakes:
 - ``VectorQuantizer``, ``Encoder``, ``Decoder``, ``VQVAE`` (seed 004): a one-hot matrix product
   where a lookup would do, and a factor-8 encoder/decoder that turns 28×28 MNIST into 24×24.
 
-The corrected versions are ``vqlib.quantizers.vector`` and ``vqlib.tokenizers.vqvae``. Each class says what is
+The corrected versions are ``vqlib.quantizers.vector``, ``vqlib.tokenizers.vqvae`` and
+``vqlib.priors.story_prior``. Each class says what is
 wrong with it in its docstring.
 """
 
@@ -204,3 +205,72 @@ class VQVAE(nn.Module):
         x_recon = self.decoder(z_q)
 
         return x_recon, loss
+
+
+class LatentTransformer(nn.Module):
+    """Seed 004's "latent transformer" of the story illustrator, as printed. Wrong on purpose; do not use.
+
+    - No causal mask: ``nn.TransformerEncoder`` is called without ``mask``, so every position
+      attends to every other, later ones included.
+    - Its input is the text feature followed by ``seq_len - 1`` zeros: it never reads a code, so
+      it cannot condition a position on the codes sampled before it; ``forward`` has no argument
+      for them.
+    - ``output[:, 1:, :]`` drops the text position: ``seq_len=64`` gives 63 logits per image, which
+      the illustrator then reshapes to 8×8 (see ``sample_latent_indices``).
+    """
+    def __init__(self, text_dim, latent_dim, num_embeddings, num_heads=8, num_layers=6):
+        super(LatentTransformer, self).__init__()
+
+        self.text_proj = nn.Linear(text_dim, latent_dim)
+        self.pos_embedding = nn.Parameter(torch.randn(1, 256, latent_dim))  # 假设最大256个潜在代码
+
+        encoder_layer = nn.TransformerEncoderLayer(d_model=latent_dim, nhead=num_heads)
+        self.transformer = nn.TransformerEncoder(encoder_layer, num_layers=num_layers)
+
+        self.output_proj = nn.Linear(latent_dim, num_embeddings)
+
+    def forward(self, text_features, seq_len=64):  # 8x8=64个潜在代码
+        batch_size = text_features.shape[0]
+
+        # 投影文本特征
+        text_features = self.text_proj(text_features).unsqueeze(1)  # [B, 1, D]
+
+        # 创建位置嵌入
+        pos_emb = self.pos_embedding[:, :seq_len, :]
+
+        # 创建输入序列（文本特征 + 位置嵌入）
+        input_seq = torch.cat([text_features, torch.zeros(batch_size, seq_len-1, text_features.shape[-1], device=text_features.device)], dim=1)
+        input_seq = input_seq + pos_emb
+
+        # 通过Transformer
+        output = self.transformer(input_seq.transpose(0, 1)).transpose(0, 1)  # [B, seq_len, D]
+
+        # 预测潜在代码
+        logits = self.output_proj(output[:, 1:, :])  # 排除文本特征位置
+
+        return logits
+
+
+def sample_latent_indices(latent_transformer, text_features, temperature=1.0):
+    """The sampling lines of seed 004's ``StoryIllustrator.generate_illustration``, as printed (the
+    VQ-VAE decoding after them left out). One forward pass, then every position drawn on its own from
+    its logits: the comment says "autoregressive generation", but no draw sees another. The final
+    ``reshape(-1, 8, 8)`` of 63 codes per image fails for one image and, for 64 images, silently
+    deals the codes of 64 images into 63 grids."""
+    with torch.no_grad():
+        # 生成潜在代码
+        logits = latent_transformer(text_features)
+
+        # 采样潜在代码（自回归生成）
+        latent_indices = []
+        for i in range(logits.shape[1]):
+            probs = F.softmax(logits[:, i, :] / temperature, dim=-1)
+            next_token = torch.multinomial(probs, 1)
+            latent_indices.append(next_token)
+
+        latent_indices = torch.cat(latent_indices, dim=1)  # [B, seq_len]
+
+        # 重塑为空间结构（例如8x8）
+        latent_indices = latent_indices.reshape(-1, 8, 8)
+
+        return latent_indices

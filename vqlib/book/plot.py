@@ -89,6 +89,28 @@ def curves(history, keys: str | Sequence[str], split: str = "train", ax: plt.Axe
     return ax
 
 
+def strips(panels: torch.Tensor, texts: Sequence[Sequence[str]], titles: Sequence[str] | None = None,
+           width: int = 16) -> plt.Figure:
+    """Comic strips: one row per story of panels (N, P, C, H, W), each panel's text under it
+    (``texts``: N lists of P strings, wrapped at ``width`` characters), an optional title per row."""
+    import textwrap
+
+    if panels.dim() != 5 or len(texts) != len(panels) or any(len(t) != panels.shape[1] for t in texts):
+        raise ValueError(f"need panels (N, P, C, H, W) and N lists of P texts, got {tuple(panels.shape)} and "
+                         f"{[len(t) for t in texts]}")
+    n, p = panels.shape[:2]
+    fig, axes = plt.subplots(n, p, figsize=(1.6 * p, 2.1 * n), squeeze=False)
+    for i in range(n):
+        for j in range(p):
+            _show(axes[i, j], panels[i, j])
+            axes[i, j].text(0.5, -0.05, textwrap.fill(texts[i][j], width), transform=axes[i, j].transAxes,
+                            ha="center", va="top", fontsize=7)
+        if titles:
+            axes[i, 0].set_title(titles[i], fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+
 def _frames(frames: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     frames = list(frames)
     if not frames or any(f.dim() != 3 for f in frames):

@@ -4,6 +4,8 @@ from a measured interval (``vqlib.core.metrics.Interval``), never typed.
 - ``verdict(interval, above, below)``: ``above`` when the whole interval lies above zero, ``below``
   when it lies below, else "no clear difference" (or the ``within`` given).
 - ``ranked(a, b, interval, ...)``: a short sentence naming the winner, or saying there is none.
+- ``against_target(interval, target)``: "meets the target", "misses the target", or "is within
+  noise of the target" when the interval contains it.
 """
 
 from __future__ import annotations
@@ -30,3 +32,12 @@ def ranked(first: str, second: str, interval: Interval, higher: str = "higher", 
         return f"{first} and {second} show {NO_CLEAR_DIFFERENCE} ({first} − {second}: {interval.text(spec, unit)})"
     winner, loser, margin = (first, second, interval) if interval.sign > 0 else (second, first, -interval)
     return f"{winner} scores {higher} than {loser} by {margin.text(spec, unit)}"
+
+
+def against_target(interval: Interval, target: float, meets: str = "meets the target",
+                   misses: str = "misses the target", within: str = "is within noise of the target") -> str:
+    """``meets`` if all of ``interval`` lies at or above ``target``, ``misses`` if all of it lies below,
+    else ``within``."""
+    if not isinstance(interval, Interval):
+        raise TypeError(f"against_target needs an Interval (bootstrap_ci), got {type(interval).__name__}")
+    return meets if interval.low >= target else misses if interval.high < target else within

@@ -1,0 +1,202 @@
+"""Chapter 10's pieces: the story generator, the story prior, its judges and editing in code space."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from vqlib.data.mnist import mnist
+from vqlib.data.stories import (POSITIONS, Plan, State, StoryConfig, character_sheet, digit_box, draw,
+                                make_stories)
+from vqlib.judges.panels import (InstanceJudge, InstanceJudgeConfig, PanelJudge, PanelJudgeConfig, ink_crop,
+                                 panel_pairs, read_panels)
+from vqlib.priors.story_prior import StoryPrior, StoryPriorConfig, logits_of_zeros, story_prior_loss
+from vqlib.recipes.ch10_stories import (Conditions, caption_words, conditions, consistency, edit_codes,
+                                        edit_masks, edit_plans, illustrate, illustrate_like_seed004)
+
+CONFIG = StoryConfig()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return {split: mnist(split, "smoke").tensors for split in ("train", "test")}
+
+
+def test_stories_are_deterministic_shaped_and_use_the_split_instances(digits):
+    x, y = digits["train"]
+    a, b = make_stories(x, y, 12, CONFIG, seed=3), make_stories(x, y, 12, CONFIG, seed=3)
+    assert torch.equal(a.panels, b.panels) and a.plans == b.plans
+    assert a.panels.shape == (12, CONFIG.panels, 3, CONFIG.side, CONFIG.side)
+    assert a.panels.min() >= 0 and a.panels.max() <= 1
+    assert torch.equal(a.digits, y[a.instances])
+    assert len(set(a.instances.tolist())) == 12  # one instance per story while there are enough
+    assert not torch.equal(a.panels, make_stories(x, y, 12, CONFIG, seed=4).panels)
+
+
+def test_train_and_test_stories_share_no_instance(digits):
+    train = make_stories(*digits["train"], 40, CONFIG)
+    test = make_stories(*digits["test"], 40, CONFIG)
+    seen = {tuple(v.flatten().tolist()) for v in digits["train"][0][train.instances]}
+    assert not any(tuple(v.flatten().tolist()) in seen for v in digits["test"][0][test.instances])
+
+
+def test_every_sentence_changes_one_thing_and_captions_follow():
+    plan = Plan(7, State(0, 0, 0), (("jump", 3), ("grow", -1), ("turn", 2)))
+    assert plan.sentences(CONFIG.colours) == ["a small red seven stands at the top left", "it jumps to the bottom right",
+                                              "it grows", "it turns blue"]
+    assert plan.captions(CONFIG.colours)[-1] == "a large blue seven at the bottom right"
+    edited = plan.edited(1, 1)
+    assert edited.captions(CONFIG.colours)[1:] == ["a small red seven at the top right",
+                                                   "a large red seven at the top right",
+                                                   "a large blue seven at the top right"]
+    with pytest.raises(ValueError, match="only a jump or a turn"):
+        plan.edited(2, 1)
+    with pytest.raises(ValueError, match="must change"):
+        plan.edited(1, 3)
+
+
+def test_the_drawing_lies_in_its_box_and_styles_differ(digits):
+    x = digits["train"][0][:1].repeat(3, 1, 1, 1)
+    ones = torch.ones(3, dtype=torch.long)
+    panels = draw(x, ones * 3, ones, torch.tensor([[0.9, 0.1, 0.1]] * 3), torch.arange(3), CONFIG)
+    top, left, side = digit_box(3, 1, CONFIG)
+    outside = panels.clone()
+    outside[..., top:top + side, left:left + side] = 0
+    background = panels[..., :1, :1]
+    assert ((outside - background).abs().amax(1)[..., :top, :] < 0.2).all()  # only the paper's texture there
+    assert (panels[0] - panels[1]).abs().mean() > 0.1 and (panels[0] - panels[2]).abs().mean() > 0.01
+    assert character_sheet(x, CONFIG).shape == (3, 3, CONFIG.side, CONFIG.side)
+
+
+def test_bad_inputs_name_what_was_expected(digits):
+    x = digits["train"][0][:2]
+    two = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        draw(x[:, :, :20], two, two, torch.zeros(2, 3), two, CONFIG)
+    with pytest.raises(ValueError, match="positions"):
+        draw(x, two + len(POSITIONS), two, torch.zeros(2, 3), two, CONFIG)
+    with pytest.raises(ValueError, match="colours"):
+        StoryConfig(colours=("red", "mauve"))
+    with pytest.raises(ValueError, match="first sentence"):
+        Plan(1, State(0, 0, 0), (("jump", 1),)).edited(0, 2)
+
+
+def _prior(grid=(6, 6), k=16):
+    words = caption_words(CONFIG)
+    torch.manual_seed(0)
+    config = StoryPriorConfig.for_profile(k, grid, len(CONFIG.styles), words.words, words.length, profile="smoke")
+    return StoryPrior(config), words
+
+
+def _conditions(prior, words, n=3):
+    g = torch.Generator().manual_seed(1)
+    k = prior.config.vocab_size
+    return Conditions(torch.arange(n) % len(CONFIG.styles), words.encode(["a small red seven at the top left"] * n),
+                      torch.randint(k, (n, *prior.config.grid), generator=g))
+
+
+def test_story_prior_is_causal_and_reads_its_conditions():
+    prior, words = _prior()
+    cond = _conditions(prior, words)
+    codes = torch.randint(16, (3, 6, 6))
+    later = codes.clone()
+    later[:, 4:] = (later[:, 4:] + 1) % 16
+    context = prior.context(cond.style, cond.text, cond.reference)
+    a = prior.gpt(codes.flatten(1), context=context)
+    b = prior.gpt(later.flatten(1), context=context)
+    torch.testing.assert_close(a[:, :23], b[:, :23])  # row t predicts code t + 1: rows < 24 - 1 see only codes < 24
+    other = Conditions(cond.style, cond.text, (cond.reference + 1) % 16)
+    assert not torch.allclose(prior.nll(codes, *vars(cond).values()), prior.nll(codes, *vars(other).values()))
+    loss = story_prior_loss(prior.train(), (codes, cond.style, cond.text, cond.reference))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and prior.ref_emb.weight.grad is not None
+
+
+def test_sampling_with_the_cache_matches_greedy_decoding_by_hand():
+    prior, words = _prior()
+    cond = _conditions(prior, words)
+    sampled = prior.sample(cond.style, cond.text, cond.reference, top_k=1)
+    tokens = torch.zeros(3, 0, dtype=torch.long)
+    context = prior.context(cond.style, cond.text, cond.reference)
+    with torch.no_grad():
+        for _ in range(36):
+            logits = prior.gpt.next_logits(tokens, context=context)
+            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], 1)
+    assert torch.equal(sampled.flatten(1), tokens)
+
+
+def test_guidance_with_unit_weights_is_plain_conditional_sampling():
+    prior, words = _prior()
+    cond = _conditions(prior, words)
+    levels = prior.guided_levels(cond.style, cond.text, cond.reference)
+    with torch.no_grad():
+        logits = logits_of_zeros(prior, *levels)
+        plain = logits_of_zeros(prior, cond.style, cond.text, cond.reference)
+    torch.testing.assert_close(prior.guide(logits, (1.0, 1.0, 1.0)), plain)
+    assert not torch.allclose(prior.guide(logits, (3.0, 2.0, 2.0)), plain)
+
+
+def test_an_edit_keeps_every_code_outside_its_mask():
+    prior, words = _prior()
+    cond = _conditions(prior, words)
+    codes = torch.randint(16, (3, 6, 6))
+    mask = torch.zeros(3, 6, 6, dtype=torch.bool)
+    mask[:, 1:4, 2:5] = True
+    edited = edit_codes(prior, codes, mask, cond, (2.0, 1.5, 1.5), temperature=1.0)
+    assert torch.equal(edited[~mask], codes[~mask])
+    assert not torch.equal(edited[mask], codes[mask])
+    with pytest.raises(ValueError, match="both"):
+        prior.sample(cond.style, cond.text, cond.reference, given=codes)
+
+
+def test_edit_plans_and_masks_cover_the_changed_panels(digits):
+    stories = make_stories(*digits["test"], 10, CONFIG)
+    edited, plans = edit_plans(stories)
+    assert edited and all(plans[i] != stories.plans[i] for i in edited)
+    for i in edited:
+        mask = edit_masks(stories.plans[i], plans[i], CONFIG, (6, 6))
+        changed = [a != b for a, b in zip(stories.plans[i].states(), plans[i].states())]
+        assert [bool(m.any()) for m in mask] == changed
+
+
+def test_seed004_sampler_and_the_book_sampler_give_grids(digits):
+    prior, words = _prior()
+    stories = make_stories(*digits["test"], 2, CONFIG)
+    cond = conditions(stories, words, torch.randint(16, (2, 6, 6)))
+    assert illustrate(prior, cond, (2.0, 1.0, 1.0), 1.0).shape == (6, 6, 6)
+    assert illustrate(prior, cond, (1.0, 1.0, 1.0), 1.0, character=False).shape == (6, 6, 6)
+    assert illustrate_like_seed004(prior, cond, (2.0, 1.0, 1.0), 1.0).shape == (6, 6, 6)
+
+
+def test_judges_read_panels_and_pairs(digits):
+    stories = make_stories(*digits["test"], 20, CONFIG)
+    crops = ink_crop(stories.panels[:, 0])
+    assert crops.shape == (20, 1, 16, 16) and crops.amax((1, 2, 3)).min() > 0.5  # the drawing was found
+    judge = PanelJudge(PanelJudgeConfig.for_profile(3, 3, profile="smoke"))
+    read = read_panels(judge, stories.panels[:, 0])
+    assert set(read) == {"digit", "position", "size", "colour", "style"} and read["digit"].shape == (20,)
+    pairs = panel_pairs(stories, 10)
+    assert pairs.tensors[2].sum() >= 1 and len(pairs) >= 5
+    instance = InstanceJudge(InstanceJudgeConfig.for_profile(profile="smoke")).eval()
+    a, b = stories.panels[:4, 0], stories.panels[:4, 1]
+    torch.testing.assert_close(instance(a, b), instance(b, a))  # symmetric
+    assert consistency(instance, stories.panels[:4]).shape == (4,)
+    with pytest.raises(ValueError, match=r"\(N, 3, S, S\)"):
+        judge(stories.panels[:, 0, :1])
+
+
+def test_full_profile_stories_are_larger():
+    full = StoryConfig.for_profile("full")
+    assert full.side > CONFIG.side and full.panels > CONFIG.panels and len(full.styles) > len(CONFIG.styles)
+    assert dataclasses.replace(full, panels=2).panels == 2
+
+
+def test_against_target_reads_the_interval():
+    from vqlib.book.verdicts import against_target
+    from vqlib.core.metrics import Interval
+
+    assert against_target(Interval(80, 75, 85), 70) == "meets the target"
+    assert against_target(Interval(60, 55, 65), 70) == "misses the target"
+    assert against_target(Interval(70, 65, 75), 70) == "is within noise of the target"
+    with pytest.raises(TypeError, match="Interval"):
+        against_target(0.8, 0.7)
