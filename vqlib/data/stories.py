@@ -15,7 +15,7 @@ What is in it: the vocabularies (``DIGIT_NAMES``, ``POSITIONS``, ``SIZES``, ``CO
 ``StoryConfig`` (panel side, panels per story, which colours and styles; ``for_profile``), ``Plan``
 (one story as a first state and a list of actions, with its states, sentences and the *captions* that
 say what each panel shows, and ``edited`` to change one sentence), ``draw`` (digits -> panels),
-``character_sheet`` (the character drawn centred, large, in black ink), ``digit_box`` (where a
+``character_sheet`` (the character drawn centred, large, in grey pencil, in the story's style), ``digit_box`` (where a
 panel's drawing lies) and ``make_stories`` (seeded stories of one MNIST split: train, validation and
 test stories use disjoint digit instances).
 
@@ -42,14 +42,15 @@ COLOURS = {"red": (0.85, 0.12, 0.10), "green": (0.10, 0.60, 0.20), "blue": (0.12
 STYLES = ("ink", "chalk", "watercolour", "pixel art")
 ACTIONS = ("jump", "grow", "shrink", "turn")  # what a later sentence does
 PAPER, BOARD, GRID = (0.96, 0.95, 0.90), (0.13, 0.20, 0.17), (0.80, 0.86, 0.95)  # backgrounds
-SHEET_INK = (0.05, 0.05, 0.05)  # the character sheet's black ink
+SHEET_INK = (0.35, 0.35, 0.35)  # the character sheet's grey pencil: visible on paper and on a board
 
 
 @dataclass(frozen=True)
 class StoryConfig:
     side: int = 24  # S: panel side in pixels
     panels: int = 3  # P: panels per story
-    large: int = 18  # side of a large drawing
+    large: int = 16  # side of a large drawing: with side 24, its corners (0 or 8) and the centred sheet's (4)
+    # are whole code cells apart for a tokenizer that divides by 4, as are a small drawing's (0 or 12)
     small: int = 12  # side of a small drawing
     stroke: int = 1  # pixels by which a 28x28 digit's strokes are thickened before it is shrunk (0: as written)
     colours: tuple[str, ...] = ("red", "green", "blue")
@@ -71,13 +72,9 @@ class StoryConfig:
     def for_profile(cls, profile: str | None = None, **overrides) -> "StoryConfig":
         """The book's stories for a profile: ``full`` has larger panels, longer stories, more colours and styles."""
         sizes = pick(smoke=dict(), quick=dict(),
-                     full=dict(side=32, panels=5, large=20, small=14, colours=tuple(COLOURS), styles=STYLES),
+                     full=dict(side=32, panels=5, large=24, small=16, colours=tuple(COLOURS), styles=STYLES),
                      profile=profile)
         return cls(**{**sizes, **overrides})
-
-    def centres(self) -> tuple[int, int]:
-        """The two centre coordinates (pixels) of the positions, at a third and two thirds of the side."""
-        return round(self.side / 3), round(2 * self.side / 3)
 
 
 # ----------------------------------------------------------------------------- one story's plan
@@ -176,12 +173,12 @@ def random_plan(rng: np.random.Generator, digit: int, config: StoryConfig) -> Pl
 # ----------------------------------------------------------------------------- drawing
 
 def digit_box(position: int, size: int, config: StoryConfig) -> tuple[int, int, int]:
-    """(top, left, side) in pixels of the drawing of a panel at ``position`` and ``size``."""
+    """(top, left, side) in pixels of the drawing of a panel at ``position`` and ``size``: in the
+    corner the position names, touching the panel's edges (so that, when the side of a panel and of
+    each drawing are multiples of the tokenizer's factor, a drawing moves by whole code cells)."""
     side = (config.small, config.large)[size]
-    low, high = config.centres()
     row, col = divmod(position, 2)
-    corner = [min(max(0, round((high if k else low) - side / 2)), config.side - side) for k in (row, col)]
-    return corner[0], corner[1], side
+    return row * (config.side - side), col * (config.side - side), side
 
 
 def thicken(digits: torch.Tensor, config: StoryConfig) -> torch.Tensor:
@@ -210,17 +207,30 @@ def draw(digits: torch.Tensor, positions: torch.Tensor, sizes: torch.Tensor, col
                        ("styles", styles, len(config.styles))):
         if v.shape != (n,) or v.dtype != torch.long or v.min() < 0 or v.max() >= k:
             raise ValueError(f"{name} must be (N,) = ({n},) long in [0, {k}), got {v.dtype} {tuple(v.shape)}")
-    if colours.shape != (n, 3):
-        raise ValueError(f"colours must be RGB rows (N, 3) = ({n}, 3), got {tuple(colours.shape)}")
     ink = digits.new_zeros(n, 1, s, s)  # (N, 1, S, S): how much ink covers each pixel
     for size in range(len(SIZES)):
         for position in range(len(POSITIONS)):
             rows = (sizes == size) & (positions == position)
             if rows.any():
-                top, left, side = digit_box(position, size, config)
-                small = F.interpolate(thicken(digits[rows], config), size=(side, side), mode="bilinear", antialias=True,
-                                      align_corners=False)  # (n', 1, side, side)
-                ink[rows, :, top:top + side, left:left + side] = small.clamp(0, 1)
+                ink[rows] = place(digits[rows], *digit_box(position, size, config), config)
+    return paint(ink, colours, styles, config, seed)
+
+
+def place(digits: torch.Tensor, top: int, left: int, side: int, config: StoryConfig) -> torch.Tensor:
+    """The ink of digits (N, 1, 28, 28) thickened, resized to ``side`` and put at (top, left) of an
+    empty panel -> (N, 1, S, S)."""
+    ink = digits.new_zeros(len(digits), 1, config.side, config.side)
+    ink[:, :, top:top + side, left:left + side] = F.interpolate(
+        thicken(digits, config), size=(side, side), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return ink
+
+
+def paint(ink: torch.Tensor, colours: torch.Tensor, styles: torch.Tensor, config: StoryConfig,
+          seed: int = 0) -> torch.Tensor:
+    """Ink maps (N, 1, S, S) drawn in colours (N, 3) and styles (N,) -> panels (N, 3, S, S) in [0, 1]."""
+    n, s = len(ink), config.side
+    if colours.shape != (n, 3):
+        raise ValueError(f"colours must be RGB rows (N, 3) = ({n}, 3), got {tuple(colours.shape)}")
     g = torch.Generator().manual_seed(seed)
     grain = torch.rand(n, 1, s, s, generator=g).to(ink)  # (N, 1, S, S) uniform
     colour = colours.to(ink)[:, :, None, None]  # (N, 3, 1, 1)
@@ -252,17 +262,15 @@ def colour_table(config: StoryConfig) -> torch.Tensor:
     return torch.tensor([COLOURS[c] for c in config.colours])
 
 
-def character_sheet(digits: torch.Tensor, config: StoryConfig) -> torch.Tensor:
-    """The character as a reader first meets it: drawn large, centred, in black ink on paper.
-    (N, 1, 28, 28) -> (N, 3, S, S)."""
+def character_sheet(digits: torch.Tensor, styles: torch.Tensor, config: StoryConfig, seed: int = 0) -> torch.Tensor:
+    """The character's model sheet: drawn large and centred, in grey pencil, in the story's style
+    (N,) long. (N, 1, 28, 28) -> (N, 3, S, S)."""
     check_digit_images(digits)
-    n = len(digits)
+    if styles.shape != (len(digits),) or styles.dtype != torch.long:
+        raise ValueError(f"styles must be (N,) = ({len(digits)},) long, got {styles.dtype} {tuple(styles.shape)}")
     offset = (config.side - config.large) // 2
-    ink = digits.new_zeros(n, 1, config.side, config.side)
-    ink[:, :, offset:offset + config.large, offset:offset + config.large] = F.interpolate(
-        thicken(digits, config), size=(config.large, config.large), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-    paper = torch.tensor(PAPER).to(ink)[None, :, None, None]
-    return paper * (1 - ink) + torch.tensor(SHEET_INK).to(ink)[None, :, None, None] * ink  # (N, 3, S, S)
+    ink = place(digits, offset, offset, config.large, config)
+    return paint(ink, torch.tensor([SHEET_INK]).expand(len(digits), 3), styles, config, seed)
 
 
 # ----------------------------------------------------------------------------- stories of a split
@@ -329,4 +337,4 @@ def make_stories(images: torch.Tensor, labels: torch.Tensor, n: int, config: Sto
     plans = tuple(random_plan(rng, int(d), config) for d in digits)
     panels, positions, sizes, colours = render(plans, images[instances], styles, config, seed)
     return Stories(config, plans, instances, digits, styles, positions, sizes, colours, panels,
-                   character_sheet(images[instances], config))
+                   character_sheet(images[instances], styles, config, seed))

@@ -10,8 +10,8 @@ What is in it:
 - ``StoryPriorConfig`` / ``StoryPrior``: a ``vqlib.priors.gpt.GPT`` whose ``context`` is
   ``[style token, caption vectors (P), the character's reference codes (L)]``, then the panel's L
   codes in raster order. The caption is read by ``vqlib.priors.text.TextEncoder``; the reference
-  codes (the codes of a character sheet) have their own embedding, with one extra row, "no
-  character". While training, each condition is dropped on its own with probability
+  codes (the codes of a character sheet) are embedded with the GPT's own code embedding, and "no
+  character" (code K) is one learned vector. While training, each condition is dropped on its own with probability
   ``condition_dropout`` (style -> "no style", caption -> the empty caption, reference -> "no
   character"), so the model also learns every partial condition.
 - ``sample``: one token at a time with the key/value cache. With ``guidance = (w_char, w_style,
@@ -99,9 +99,8 @@ class StoryPrior(nn.Module):
         self.text = TextEncoder(TextEncoderConfig(len(config.words), config.caption_length, config.text_layers,
                                                   config.n_head, config.n_embd, config.dropout))
         self.style_emb = nn.Embedding(config.styles + 1, config.n_embd)  # row ``styles``: no style
-        self.ref_emb = nn.Embedding(config.vocab_size + 1, config.n_embd)  # row K: no character
-        for emb in (self.style_emb, self.ref_emb):
-            nn.init.normal_(emb.weight, std=0.02)
+        nn.init.normal_(self.style_emb.weight, std=0.02)
+        self.no_character = nn.Parameter(torch.zeros(config.n_embd))  # the embedding of reference code K
 
     @property
     def device(self) -> torch.device:
@@ -127,7 +126,15 @@ class StoryPrior(nn.Module):
     def context(self, style: torch.Tensor, text: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """The GPT's context: style (B,), caption ids (B, P), reference codes (B, h, w) -> (B, 1 + P + L, E)."""
         return torch.cat([self.style_emb(style)[:, None], self.text(text),
-                          self.ref_emb(reference.flatten(1))], dim=1)  # (B, 1 + P + L, E)
+                          self.embed_reference(reference.flatten(1))], dim=1)  # (B, 1 + P + L, E)
+
+    def embed_reference(self, reference: torch.Tensor) -> torch.Tensor:
+        """Reference codes (B, L) -> (B, L, E) with the GPT's own code embedding, so that a code of the
+        sheet and the same code in the panel start as the same vector (copying is then a matter of
+        attending to it); code K, "no character", is one learned vector."""
+        k = self.config.vocab_size
+        codes = self.gpt.tok_emb(reference.clamp(max=k - 1))  # (B, L, E)
+        return torch.where((reference < k)[..., None], codes, self.no_character)
 
     def dropped(self, style: torch.Tensor, text: torch.Tensor, reference: torch.Tensor,
                 drop_style: torch.Tensor, drop_text: torch.Tensor, drop_reference: torch.Tensor):
