@@ -186,9 +186,10 @@ def instance_judge_loss(model: InstanceJudge, batch: tuple) -> dict[str, torch.T
 
 
 def panel_pairs(stories: Stories, n: int, seed: int = 0) -> TensorDataset:
-    """``n`` pairs of panels of ``stories``, half of them two panels of one story (the same instance),
-    half a panel and a panel of another story whose character has the same class and style but is
-    another instance -> TensorDataset(a (n, 3, S, S), b (n, 3, S, S), same (n,) float)."""
+    """Up to ``n`` pairs of panels of ``stories``, half of them two panels of one story (the same
+    instance), half a panel and a panel of another story whose character has the same class and style
+    but is another instance (a story with no such other story gives no negative pair)
+    -> TensorDataset(a (n', 3, S, S), b (n', 3, S, S), same (n',) float)."""
     rng = np.random.default_rng(seed)
     p = stories.config.panels
     key = (stories.digits * 100 + stories.styles).numpy()
