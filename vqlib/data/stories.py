@@ -13,11 +13,12 @@ drawn in the story's **style**, a real image transformation of the same drawing:
 
 What is in it: the vocabularies (``DIGIT_NAMES``, ``POSITIONS``, ``SIZES``, ``COLOURS``, ``STYLES``),
 ``StoryConfig`` (panel side, panels per story, which colours and styles; ``for_profile``), ``Plan``
-(one story as a first state and a list of actions, with its states, sentences and the *captions* that
-say what each panel shows, and ``edited`` to change one sentence), ``draw`` (digits -> panels: ``place`` the ink, then ``paint`` it in a colour and style),
-``character_sheet`` (the character drawn centred, large, in grey pencil, in the story's style), ``digit_box`` (where a
-panel's drawing lies) and ``make_stories`` (seeded stories of one MNIST split: train, validation and
-test stories use disjoint digit instances).
+(one story as a first state and a list of actions, with its states, sentences and the *captions*
+that say what each panel shows, and ``edited`` to change one sentence), ``draw`` (digits -> panels:
+``place`` the ink in its corner, then ``paint`` it in a colour and a style), ``character_sheet``
+(the character drawn centred, large, in grey pencil, in the story's style), ``digit_box`` (where a
+panel's drawing lies) and ``make_stories`` (seeded stories of one MNIST split: train, validation
+and test stories use disjoint digit instances).
 
 Dimension key: N stories (or panels), P panels per story, S panel side, C = 3 colour channels.
 """

@@ -106,7 +106,8 @@ def encode(tokenizer: VQVAE, x: torch.Tensor) -> torch.Tensor:
 
 def decode(tokenizer: VQVAE, codes: torch.Tensor) -> torch.Tensor:
     """Codes (..., h, w) -> panels (..., 3, S, S) in [0, 1], on the CPU."""
-    x = in_batches(lambda c: (tokenizer.decode(c) + OFFSET).clamp(0, 1), tokenizer, codes.reshape(-1, *codes.shape[-2:]))
+    flat = codes.reshape(-1, *codes.shape[-2:])  # (M, h, w)
+    x = in_batches(lambda c: (tokenizer.decode(c) + OFFSET).clamp(0, 1), tokenizer, flat)  # (M, 3, S, S)
     return x.view(*codes.shape[:-2], *x.shape[-3:])
 
 
