@@ -40,3 +40,16 @@ def test_bad_images_are_refused(bad):
 def test_labels_must_match_frames():
     with pytest.raises(ValueError, match="2 labels for 3 frames"):
         plot.explore(torch.rand(3, 1, 4, 4), labels=["a", "b"])
+
+
+def test_strips_draw_one_row_per_story_and_check_the_texts():
+    import matplotlib.pyplot as plt
+
+    from vqlib.book.plot import strips
+
+    panels = torch.rand(2, 3, 3, 8, 8)
+    fig = strips(panels, [["a", "b", "c"], ["d", "e", "f"]], titles=["one", "two"])
+    assert len(fig.axes) == 6 and fig.axes[0].get_title(loc="left") == "one"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="N lists of P texts"):
+        strips(panels, [["a", "b"], ["c", "d"]])
