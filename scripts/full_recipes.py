@@ -54,6 +54,12 @@ from vqlib.recipes.ch07_maskgit import mnist_maskgit_config, mnist_maskgit_train
 from vqlib.recipes.ch08_video_tokenizers import (TIME_MIXING, equal_bits_configs, time_mixing_configs,
                                                  time_mixing_train_config, video_train_config)
 from vqlib.recipes.ch09_video_generation import KTH_TOKENIZER, superres_train_config, video_prior_train_config
+from vqlib.recipes.ch10_stories import (caption_words, panel_tokenizer_config, panel_tokenizer_train_config,
+                                        story_prior_train_config)
+from vqlib.data.stories import StoryConfig
+from vqlib.judges.panels import (InstanceJudge, InstanceJudgeConfig, PanelJudge, PanelJudgeConfig,
+                                 instance_judge_loss, judge_train_config, panel_judge_loss)
+from vqlib.priors.story_prior import StoryPrior, StoryPriorConfig, story_prior_loss
 from vqlib.tokenizers.superres import SuperResConfig, VideoSuperRes, superres_loss
 from vqlib.data.kth import CAPTIONS as KTH_ACTION_CAPTIONS
 from vqlib.tokenizers.vae import VAE, Autoencoder, VAEConfig, negative_elbo, reconstruction_loss
@@ -369,6 +375,51 @@ def kth_video_prior() -> FullRun:
                    unit="tokens", per_example=math.prod(latent))
 
 
+# ----------------------------------------------------------------------------- chapter 10: stories
+
+CH10 = StoryConfig.for_profile(FULL)
+
+
+def story_tokenizer() -> FullRun:
+    return FullRun(VQVAE(panel_tokenizer_config(FULL)), panel_tokenizer_train_config(FULL),
+                   lambda n: (_images(n, 3, CH10.side),), vqvae_loss, _roundtrip)
+
+
+def story_prior() -> FullRun:
+    tokenizer = panel_tokenizer_config(FULL)
+    grid = (CH10.side // tokenizer.downsample,) * 2
+    k, words = tokenizer.codebook_size, caption_words(CH10)
+    model = StoryPrior(StoryPriorConfig.for_profile(k, grid, len(CH10.styles), words.words, words.length,
+                                                    profile=FULL))
+    captions = ["a large red seven at the top left", "a small blue two at the bottom right"]
+
+    def example(n: int) -> tuple:
+        return (torch.randint(k, (n, *grid)), _labels(n, len(CH10.styles)),
+                words.encode([captions[i % 2] for i in range(n)]), torch.randint(k, (n, *grid)))
+
+    return FullRun(model, story_prior_train_config(FULL), example, story_prior_loss,
+                   lambda m, b: m.sample(b[1], b[2], b[3], guidance=(2.0, 1.0, 1.0)),
+                   unit="tokens", per_example=grid[0] * grid[1])
+
+
+def panel_judge() -> FullRun:
+    config = PanelJudgeConfig.for_profile(len(CH10.colours), len(CH10.styles), FULL)
+
+    def example(n: int) -> tuple:
+        return (_images(n, 3, CH10.side), *(_labels(n, c) for c in config.classes().values()))
+
+    return FullRun(PanelJudge(config), judge_train_config(FULL), example, panel_judge_loss,
+                   lambda m, b: m(b[0])["digit"])
+
+
+def instance_judge() -> FullRun:
+    def example(n: int) -> tuple:
+        return _images(n, 3, CH10.side), _images(n, 3, CH10.side), torch.randint(2, (n,)).float()
+
+    return FullRun(InstanceJudge(InstanceJudgeConfig.for_profile(FULL)), judge_train_config(FULL), example,
+                   instance_judge_loss, lambda m, b: m(b[0], b[1]))
+
+
 RECIPES: dict[str, Callable[[], FullRun]] = {  # name -> builder; scripts/train.py's names where it has one
     "mnist-vae": vae,  # chapter 1
     "mnist-autoencoder": autoencoder,
@@ -397,6 +448,10 @@ RECIPES: dict[str, Callable[[], FullRun]] = {  # name -> builder; scripts/train.
     "ch9-superres": superres,
     "kth-prior-tokenizer": kth_prior_tokenizer,  # chapters 8-9 in full: real video
     "kth-video-prior": kth_video_prior,
+    "ch10-panel-tokenizer": story_tokenizer,  # chapter 10
+    "ch10-story-prior": story_prior,
+    "ch10-panel-judge": panel_judge,
+    "ch10-instance-judge": instance_judge,
 }
 
 
