@@ -133,7 +133,7 @@ def conditions(stories: Stories, words: CaptionTokenizer, sheet_codes: torch.Ten
 
 
 def story_prior_train_config(profile: str | None = None, **overrides) -> TrainConfig:
-    defaults = dict(steps=pick(10, 700, 20_000, profile=profile), batch_size=pick(8, 32, 64, profile=profile),
+    defaults = dict(steps=pick(10, 700, 20_000, profile=profile), batch_size=pick(8, 24, 64, profile=profile),
                     lr=pick(5e-3, 4e-3, 1e-3, profile=profile), warmup_steps=pick(0, 20, 500, profile=profile),
                     cosine=True, log_every=pick(5, 50, 200, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
