@@ -206,3 +206,15 @@ def test_vendored_runtime_is_the_packages_files(tmp_path, monkeypatch):
     assert gzip.decompress(base64.b64decode(pack["wasm"])) == files["package/dist/ort-wasm-simd-threaded.wasm"]
     assert pack["loader"] == "export default 1;" and "MIT License" in (target / "LICENSE.txt").read_text()
     assert (target / "VERSION").read_text().strip() == vqlib_live.ORT_WEB
+
+
+def test_jupyter_race_shows_both_samplers(vqvae, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    monkeypatch.setattr(live, "live_kernel", lambda: True)
+    small = GPT(GPTConfig(vocab_size=32, block_size=49, n_layer=1, n_head=2, n_embd=16, num_classes=10)).eval()
+    big = MaskGIT(MaskGITConfig(vocab_size=32, block_size=49, n_layer=1, n_head=2, n_embd=16, num_classes=10)).eval()
+    counts = {t: mask_counts(49, t, "cosine") for t in (1, 4)}
+    box = live.maskgit_race(big, GPTStep(small), vqvae, (7, 7), counts, "cosine", 0, [str(d) for d in range(10)],
+                            lambda label, steps: big.decode(1, torch.tensor([label]), steps=steps)[:, 0])
+    maskgit_strip, gpt_strip = box.children[2], box.children[4]
+    assert maskgit_strip.value and gpt_strip.value and maskgit_strip.value != gpt_strip.value

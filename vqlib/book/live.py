@@ -240,7 +240,7 @@ def maskgit_race(maskgit: nn.Module, step: nn.Module, tokenizer: nn.Module, shap
         states = decode(0, steps[len(steps) // 2])  # (T + 1, L)
     K = maskgit.config.vocab_size
     if live_kernel():
-        return _race_jupyter(tokenizer, shape, background, labels, decode, steps)
+        return _race_jupyter(step, tokenizer, shape, background, labels, decode, steps, K)
     shown = states.masked_fill(states == K, background).view(-1, h, w)
     still = make_grid(torch.stack([_decode(tokenizer, s) for s in shown]), nrow=len(shown))
     tokens = torch.full((1, h * w), K, dtype=torch.long)
@@ -254,25 +254,32 @@ def maskgit_race(maskgit: nn.Module, step: nn.Module, tokenizer: nn.Module, shap
     return _figure("maskgit-race", models, data, still, "MaskGIT's decoding states, left to right")
 
 
-def _race_jupyter(tokenizer, shape, background, labels, decode, steps):
+def _race_jupyter(step, tokenizer, shape, background, labels, decode, steps, mask_id):
     import ipywidgets as widgets
 
     h, w = shape
     label = widgets.Dropdown(options=[(name, i) for i, name in enumerate(labels)], description="class")
     n_steps = widgets.SelectionSlider(options=steps, value=steps[len(steps) // 2], description="steps")
     button = widgets.Button(description="decode")
-    image = widgets.Image(format="png")
+    maskgit_strip, gpt_strip = widgets.Image(format="png"), widgets.Image(format="png")
+    seeds = iter(range(1, 1 << 30))
+
+    def strip(maps: torch.Tensor) -> bytes:
+        shown = maps.masked_fill(maps == mask_id, background).view(-1, h, w)
+        return _png(make_grid(torch.stack([_decode(tokenizer, m) for m in shown]), nrow=len(shown)), 4)
 
     def run(_=None) -> None:
-        states = decode(label.value, n_steps.value)
-        mask_id = int(states.max()) if (states[0] == states[0, 0]).all() else None
-        shown = states.masked_fill(states == mask_id, background) if mask_id is not None else states
-        image.value = _png(make_grid(torch.stack([_decode(tokenizer, s.view(h, w)) for s in shown]),
-                                     nrow=len(shown)), 4)
+        states = decode(label.value, n_steps.value)  # (T + 1, L)
+        tokens = _sample_steps(step, h * w, label.value, 1.0, torch.Generator().manual_seed(next(seeds)))
+        same_evaluations = torch.full_like(states, mask_id)  # the GPT after as many evaluations: t codes
+        for t in range(len(states)):
+            same_evaluations[t, :t] = tokens[:t]
+        maskgit_strip.value, gpt_strip.value = strip(states), strip(same_evaluations)
 
     button.on_click(run)
     run()
-    return widgets.VBox([widgets.HBox([label, n_steps, button]), image])
+    return widgets.VBox([widgets.HBox([label, n_steps, button]), widgets.Label("MaskGIT, step by step"),
+                         maskgit_strip, widgets.Label("the GPT after as many network evaluations"), gpt_strip])
 
 
 # ----------------------------------------------------------------------------- Chapter 8: scrub and edit a clip
