@@ -13,7 +13,8 @@ and writes into ``_static/live/ort/`` only what a page needs:
 - ``LICENSE.txt``: the package's MIT licence.
 
 Every page loads ``_static/live/vqlive.js`` (the figures' one script, a few kB, idle on pages
-without a figure) and ``vqlive.css``. A build without network access that has no cached copy
+without a figure) and ``vqlive.css``; a page with a figure also lists the runtime's two scripts,
+so that they download while the page is parsed. A build without network access that has no cached copy
 fails with the download's message, which says where to put the file.
 """
 
@@ -74,8 +75,17 @@ def _vendor(app) -> None:
         vendor_ort(Path(app.outdir, "_static", "live", "ort"))
 
 
+def _runtime_on_figure_pages(app, pagename, templatename, context, doctree) -> None:
+    """A page with a live figure lists the runtime's scripts before vqlive.js, deferred, so that the
+    browser fetches them while it parses the page instead of after."""
+    if 'class="vq-live"' in context.get("body", ""):
+        for script in ("live/ort/ort.wasm.min.js", "live/ort/ort-pack.js"):
+            app.add_js_file(script, priority=400, loading_method="defer")  # this page only (html-page-context)
+
+
 def setup(app):
     app.connect("builder-inited", _vendor)
+    app.connect("html-page-context", _runtime_on_figure_pages)
     app.add_js_file("live/vqlive.js", loading_method="defer")
     app.add_css_file("live/vqlive.css")
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -130,7 +130,8 @@ def _finish(browser, figure, widget: str) -> dict:
               if e["level"] == "SEVERE" and "/favicon.ico " not in e["message"]]
     assert not errors, f"{widget}: console errors:\n  " + "\n  ".join(errors)
     t = state["timings"]
-    TIMINGS[widget] = {"ready_ms": round(t["ready"]), "figure_start_ms": round(t["start"]), "decode_ms": _median(t["decode"]),
+    TIMINGS[widget] = {"ready_ms": round(t["ready"]), "figure_start_ms": round(t["start"]),
+                       "runtime_loaded_ms": round(t["runtime"]), "decode_ms": _median(t["decode"]),
                        "gpt_step_ms": _median(t["step"]), "maskgit_eval_ms": _median(t["maskgit"]),
                        "calls": {k: len(t[k]) for k in ("decode", "step", "maskgit")}}
     SHOTS.joinpath("live_timings.json").write_text(json.dumps(TIMINGS, indent=1))

@@ -34,15 +34,18 @@
 
   // The runtime's WebAssembly and its loader come packed in a classic script (ort-pack.js), because
   // a page opened from file:// may not fetch() files or import modules beside it.
-  let runtime = null;
+  let runtime = null, runtimeLoaded = null;
   function ortRuntime() {
     runtime = runtime || (async () => {
-      await loadScript(here + "ort/ort.wasm.min.js");
-      await loadScript(here + "ort/ort-pack.js");
+      // a page with a figure lists both scripts in its head (book/_ext/vqlib_live.py), so that they
+      // download while the page is parsed; loaded here only where a page did not
+      if (!window.ort) await loadScript(here + "ort/ort.wasm.min.js");
+      if (!window.VQLIVE_ORT_PACK) await loadScript(here + "ort/ort-pack.js");
       const pack = window.VQLIVE_ORT_PACK;
       ort.env.wasm.numThreads = 1;
       ort.env.wasm.wasmBinary = await unpack(pack.wasm, true);
       ort.env.wasm.wasmPaths = {mjs: URL.createObjectURL(new Blob([pack.loader], {type: "text/javascript"}))};
+      runtimeLoaded = performance.now();
       return ort;
     })();
     return runtime;
@@ -403,6 +406,7 @@
       note.textContent = "Live: the chapter's trained model runs in your browser (ONNX Runtime Web, no server).";
       state.timings.load = performance.now() - t0;
       state.timings.ready = performance.now();  // since the page's navigation started
+      state.timings.runtime = runtimeLoaded;  // when the runtime's scripts were loaded and unpacked
       state.ready = true;
     } catch (err) {
       state.error = String(err);
