@@ -15,29 +15,20 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import os
 import re
-import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urldefrag
 
 import jupytext
 import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e '.[browser]'")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-HTML = Path(os.environ.get("VQLIB_BOOK_HTML", ROOT / "_build" / "html"))
-SHOTS = Path(os.environ.get("VQLIB_SCREENSHOTS", HTML.parent / "screenshots"))
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+from book_site import HTML, SHOTS  # noqa: E402
+
 # the book's own pages; _static, _sources and _images hold assets, not pages
 PAGES = sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html")
                if not p.relative_to(HTML).parts[0].startswith("_")) if HTML.is_dir() else []
@@ -57,44 +48,6 @@ while (walker.nextNode()) {
 }
 return texts.join('\\n');
 """
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def site() -> str:
-    """The built book served over http://127.0.0.1 on a free port (a local server thread)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(HTML)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium with a fresh profile, no network of its own, and the console log kept."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).is_file()]
-    if missing:
-        pytest.fail(f"not found: {', '.join(missing)} (Debian: apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900", "--hide-scrollbars",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # an explicit driver path: Selenium Manager would otherwise try to download one
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def _eventually(condition, timeout: float = 5.0) -> bool:
@@ -200,8 +153,6 @@ def _check_solutions(driver) -> tuple[int, list[str]]:
 
 def test_the_book_is_built():
     assert PAGES, f"no built book at {HTML}: run `make book` first (or set VQLIB_BOOK_HTML)"
-    shutil.rmtree(SHOTS, ignore_errors=True)
-    SHOTS.mkdir(parents=True)
 
 
 def _math_problems(driver) -> list[str]:

@@ -52,7 +52,7 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, shape: str, ndim: int) -
                         "pass model.encode(x), not images or embeddings")
     if tokens.dim() != ndim or tokens.shape[0] == 0:
         raise ValueError(f"tokens must have shape {shape} with B >= 1, got {tuple(tokens.shape)}")
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+    if not torch.compiler.is_exporting() and tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise ValueError(f"tokens must lie in [0, {vocab_size}) (vocab_size={vocab_size}), got values in "
                          f"[{int(tokens.min())}, {int(tokens.max())}]")
 
@@ -72,7 +72,7 @@ def check_cond(cond: torch.Tensor | None, num_classes: int, batch: int) -> None:
         raise TypeError(f"cond must be a (B,) torch.long tensor of class labels, got {got}")
     if cond.shape != (batch,):
         raise ValueError(f"cond must have shape ({batch},), one label per example, got {tuple(cond.shape)}")
-    if cond.min() < 0 or cond.max() >= num_classes:
+    if not torch.compiler.is_exporting() and (cond.min() < 0 or cond.max() >= num_classes):
         raise ValueError(f"class labels must lie in [0, {num_classes}), got values in "
                          f"[{int(cond.min())}, {int(cond.max())}]")
 

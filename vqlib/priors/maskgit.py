@@ -266,7 +266,7 @@ class MaskGIT(nn.Module):
             raise ValueError(f"tokens must have shape {what}={self.config.block_size}, B >= 1, "
                              f"got {tuple(tokens.shape)}")
         top = K if allow_mask else K - 1
-        if tokens.min() < 0 or tokens.max() > top:
+        if not torch.compiler.is_exporting() and (tokens.min() < 0 or tokens.max() > top):
             allowed = f"codes in [0, {K}) or the mask id {K}" if allow_mask else f"codes in [0, {K})"
             raise ValueError(f"tokens must be {allowed}, got values in [{int(tokens.min())}, {int(tokens.max())}]")
 
