@@ -16,9 +16,16 @@ wrong with it in its docstring.
 
 # The seeds' code is kept as printed, undefined names included: linters are told to skip this file.
 # flake8: noqa
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# Seed 004's nn.TransformerEncoder (below, as printed) makes PyTorch warn that its layer is not
+# batch_first, so the nested-tensor fast path is off: a hint about speed, not one of the seed's
+# bugs, and a chapter's page must not print it (the book build treats stderr as an error).
+warnings.filterwarnings("ignore", message="enable_nested_tensor is True", category=UserWarning)
 
 
 # ----------------------------------------------------------------------------- seed 000
