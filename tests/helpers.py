@@ -34,9 +34,10 @@ def mse(model, batch):
 
 
 def execute_chapter(chapter: Path, workdir: Path, **env: str) -> list[dict]:
-    """Execute ``chapter`` in the smoke profile (plus ``env``) and return the error outputs of its cells.
+    """Execute ``chapter`` in the smoke profile (plus ``env``) and return the error outputs of its cells
+    and anything they wrote to stderr (the book build treats stderr as an error: ``_config.yml``).
 
-    Outputs are produced, not compared: the test is that every cell runs without error.
+    Outputs are produced, not compared: the test is that every cell runs without error or stderr.
     """
     notebook = workdir / f"{chapter.stem}.ipynb"
     nbformat.write(jupytext.read(chapter), notebook)
@@ -45,4 +46,5 @@ def execute_chapter(chapter: Path, workdir: Path, **env: str) -> list[dict]:
         exec_env={**os.environ, "VQLIB_PROFILE": "smoke", "VQLIB_BUILD": "1", "MPLBACKEND": "Agg", **env},
         diff_ignore=("/cells/*/outputs", "/cells/*/execution_count", "/cells/*/metadata", "/metadata"))
     result = fixture.check(str(notebook), raise_errors=True)
-    return [o for c in result.nb_final.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return [o for c in result.nb_final.cells for o in c.get("outputs", [])
+            if o.get("output_type") == "error" or (o.get("output_type") == "stream" and o.get("name") == "stderr")]

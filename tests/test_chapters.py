@@ -1,4 +1,4 @@
-"""Every chapter executes end to end in the `smoke` profile (through pytest-notebook)."""
+"""Every chapter executes end to end in the `smoke` profile (through pytest-notebook), writing nothing to stderr."""
 
 import pytest
 from helpers import CHAPTERS, execute_chapter
