@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from vqlib.book.plot import _png, live_kernel, make_grid
+from vqlib.core.inference import in_batches
 from vqlib.core.onnx import Method, export_onnx
 
 STILL_NOTE = ("A live figure: in a browser with JavaScript and WebAssembly it runs the chapter's trained model. "
@@ -72,10 +73,14 @@ def _step_graph(step: nn.Module) -> bytes:
                        ["logits", "keys_out", "values_out"])
 
 
+def _decode_all(tokenizer: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+    """Code grids (B, ...) long -> the decoded images or clips, clipped to [0, 1], on the CPU."""
+    return in_batches(lambda c: tokenizer.decode(c).clamp(0, 1), tokenizer, codes)
+
+
 def _decode(tokenizer: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-    """codes (...) long without the batch -> the decoded image or clip, clipped to [0, 1], on the CPU."""
-    with torch.no_grad():
-        return tokenizer.decode(codes[None].to(next(tokenizer.parameters()).device))[0].clamp(0, 1).cpu()
+    """One code grid (...) long, without the batch -> its decoded image or clip (``_decode_all``)."""
+    return _decode_all(tokenizer, codes[None])[0]
 
 
 def _ints(t: torch.Tensor) -> list:
@@ -87,8 +92,7 @@ def _ints(t: torch.Tensor) -> list:
 def palette_tiles(tokenizer: nn.Module, codes: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
     """What each code draws: the decoded code map of ``shape`` holding that code everywhere -> (P, C, H, W)."""
     maps = torch.tensor(list(codes)).view(-1, 1, 1).expand(-1, *shape).contiguous()  # (P, h, w)
-    with torch.no_grad():
-        return tokenizer.decode(maps.to(next(tokenizer.parameters()).device)).clamp(0, 1).cpu()
+    return _decode_all(tokenizer, maps)
 
 
 def palette(tokenizer: nn.Module, usage: torch.Tensor, shape: tuple[int, int], size: int = 48,
@@ -168,10 +172,9 @@ def digit_sampler(step: nn.Module, tokenizer: nn.Module, shape: tuple[int, int],
     h, w = shape
     if step.gpt.config.block_size < h * w:
         raise ValueError(f"the GPT's block_size {step.gpt.config.block_size} is shorter than a {h}x{w} code map")
-    generator = torch.Generator().manual_seed(seed)
-    tokens = _sample_steps(step, h * w, 0, temperature, generator)
     if live_kernel():
         return _sampler_jupyter(step, tokenizer, shape, background, labels, temperature)
+    tokens = _sample_steps(step, h * w, 0, temperature, torch.Generator().manual_seed(seed))  # the still
     data = {"shape": [h, w], "background": background, "labels": list(labels), "temperature": temperature,
             "cache_shape": list(step.cache_shape)}
     models = {"step": _step_graph(step), "decoder": _decoder(tokenizer, tokens.view(1, h, w))}
@@ -235,14 +238,14 @@ def maskgit_race(maskgit: nn.Module, step: nn.Module, tokenizer: nn.Module, shap
     """
     h, w = shape
     steps = sorted(counts)
-    with torch.random.fork_rng():  # the still leaves the chapter's random stream alone
-        torch.manual_seed(0)
-        states = decode(0, steps[len(steps) // 2])  # (T + 1, L)
     K = maskgit.config.vocab_size
     if live_kernel():
         return _race_jupyter(step, tokenizer, shape, background, labels, decode, steps, K)
+    with torch.random.fork_rng():  # the still leaves the chapter's random stream alone
+        torch.manual_seed(0)
+        states = decode(0, steps[len(steps) // 2])  # (T + 1, L)
     shown = states.masked_fill(states == K, background).view(-1, h, w)
-    still = make_grid(torch.stack([_decode(tokenizer, s) for s in shown]), nrow=len(shown))
+    still = make_grid(_decode_all(tokenizer, shown), nrow=len(shown))
     tokens = torch.full((1, h * w), K, dtype=torch.long)
     models = {"maskgit": export_onnx(maskgit, (tokens, torch.tensor([0])), ["tokens", "label"], ["logits"]),
               "step": _step_graph(step),
@@ -266,7 +269,7 @@ def _race_jupyter(step, tokenizer, shape, background, labels, decode, steps, mas
 
     def strip(maps: torch.Tensor) -> bytes:
         shown = maps.masked_fill(maps == mask_id, background).view(-1, h, w)
-        return _png(make_grid(torch.stack([_decode(tokenizer, m) for m in shown]), nrow=len(shown)), 4)
+        return _png(make_grid(_decode_all(tokenizer, shown), nrow=len(shown)), 4)
 
     def run(_=None) -> None:
         states = decode(label.value, n_steps.value)  # (T + 1, L)
@@ -289,9 +292,9 @@ def clip_editor(tokenizer: nn.Module, codes: torch.Tensor, name: str = ""):
     space-time code: every frame that code reaches is decoded again. ``name``: the tokenizer's, for the page."""
     if codes.dim() != 3:
         raise ValueError(f"need a video code grid (t, h, w), got {tuple(codes.shape)}")
-    clip = _decode(tokenizer, codes)  # (T, C, H, W)
     if live_kernel():
         return _clip_jupyter(tokenizer, codes)
+    clip = _decode(tokenizer, codes)  # (T, C, H, W)
     data = {"codes": _ints(codes), "codebook_size": tokenizer.config.codebook_size,
             "frames": clip.shape[0], "name": name}
     return _figure("clip-editor", {"decoder": _decoder(tokenizer, codes[None].cpu())}, data,

@@ -30,6 +30,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from vqlib.core.inference import evaluating
+
 
 class Method(nn.Module):
     """``Method(model, "decode")(x) == model.decode(x)``: a method as a module's forward, to export it."""
@@ -42,17 +44,6 @@ class Method(nn.Module):
 
     def forward(self, *inputs: torch.Tensor):
         return getattr(self.model, self.name)(*inputs)
-
-
-@contextlib.contextmanager
-def _evaluating(module: nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
 
 
 @contextlib.contextmanager
@@ -83,7 +74,7 @@ def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], input_names: 
         raise ValueError(f"got {len(inputs)} example inputs for {len(input_names)} input names {list(input_names)}")
     module = copy.deepcopy(module).cpu()  # the graph runs on a CPU; the caller's model stays where it is
     inputs = tuple(t.cpu() for t in inputs)
-    with _evaluating(module), _quiet_exporter(), torch.random.fork_rng():
+    with evaluating(module), torch.no_grad(), _quiet_exporter(), torch.random.fork_rng():
         program = torch.onnx.export(module, inputs, input_names=list(input_names),
                                     output_names=list(output_names), dynamo=True, verbose=False)
         buffer = io.BytesIO()
@@ -101,7 +92,7 @@ def onnx_error(model: bytes, module: nn.Module, inputs: Sequence[torch.Tensor]) 
     if len(names) != len(inputs):
         raise ValueError(f"the ONNX model takes {len(names)} inputs {names}, got {len(inputs)}")
     got = session.run(None, {name: t.cpu().numpy() for name, t in zip(names, inputs)})
-    with _evaluating(module):
+    with evaluating(module), torch.no_grad():
         want = module(*inputs)
     want = tuple(want) if isinstance(want, (tuple, list)) else (want,)
     if len(want) != len(got):

@@ -39,6 +39,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from vqlib.core.device import model_device
 from vqlib.core.inference import evaluating
 from vqlib.core.profile import pick
 from vqlib.priors.base import check_sampling, check_tokens, sample_from_logits
@@ -101,10 +102,6 @@ class StoryPrior(nn.Module):
         self.style_emb = nn.Embedding(config.styles + 1, config.n_embd)  # row ``styles``: no style
         nn.init.normal_(self.style_emb.weight, std=0.02)
         self.no_character = nn.Parameter(torch.zeros(config.n_embd))  # the embedding of reference code K
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # ------------------------------------------------------------------ conditions
     def check(self, style: torch.Tensor, text: torch.Tensor, reference: torch.Tensor) -> int:
@@ -185,6 +182,7 @@ class StoryPrior(nn.Module):
         if len(guidance) != 3 or min(guidance) < 0:
             raise ValueError(f"guidance must be three weights >= 0 (character, style, caption), got {guidance}")
         h, w = self.config.grid
+        device = model_device(self)
         if (given is None) != (resample is None):
             raise ValueError("pass both given codes and the resample mask (an edit), or neither")
         if given is not None:
@@ -192,11 +190,11 @@ class StoryPrior(nn.Module):
             if given.shape != (n, h, w) or resample.shape != (n, h, w) or resample.dtype != torch.bool:
                 raise ValueError(f"given must be ({n}, {h}, {w}) codes and resample a bool mask of the same shape, "
                                  f"got {tuple(given.shape)} and {resample.dtype} {tuple(resample.shape)}")
-            given, resample = given.flatten(1).to(self.device), resample.flatten(1).to(self.device)  # (B, L)
+            given, resample = given.flatten(1).to(device), resample.flatten(1).to(device)  # (B, L)
         guided = tuple(guidance) != (1.0, 1.0, 1.0)
         conditions = self.guided_levels(style, text, reference) if guided else (style, text, reference)
         rows = len(conditions[0])
-        tokens = torch.zeros(rows, 0, dtype=torch.long, device=self.device)  # (R, 0)
+        tokens = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (R, 0)
         with evaluating(self):
             context = self.context(*conditions)  # (R, 1 + P + L, E)
             caches = [KVCache() for _ in range(self.config.n_layer)]
@@ -230,7 +228,7 @@ def logits_of_zeros(model: StoryPrior, style: torch.Tensor, text: torch.Tensor,
     """The logits of every position from ONE forward pass whose inputs are all code 0, as seed 004's
     ``LatentTransformer`` fed zeros: (B, L, K). Kept to measure that mistake, not to sample with."""
     context = model.context(style, text, reference)  # (B, 1 + P + L, E)
-    zeros = torch.zeros(len(style), model.config.tokens - 1, dtype=torch.long, device=model.device)
+    zeros = torch.zeros(len(style), model.config.tokens - 1, dtype=torch.long, device=model_device(model))
     first = model.gpt.next_logits(zeros[:, :0], context=context)[:, None]  # (B, 1, K)
     return torch.cat([first, model.gpt(zeros, context=context)], dim=1)  # (B, L, K)
 

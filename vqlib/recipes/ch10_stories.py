@@ -287,6 +287,6 @@ def edit_codes(prior: StoryPrior, codes: torch.Tensor, mask: torch.Tensor, cond:
     torch.manual_seed(seed)
     style, text, reference = _on(prior, cond, True)
     out = prior.sample(style, text, reference, guidance, temperature,
-                       given=to_device(codes, prior.device), resample=to_device(mask, prior.device))
+                       given=to_device(codes, model_device(prior)), resample=to_device(mask, model_device(prior)))
     return out.cpu()
 
