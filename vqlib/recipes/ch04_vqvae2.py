@@ -28,8 +28,7 @@ from vqlib.core.metrics import psnr, ssim
 from vqlib.core.profile import pick, seed_everything
 from vqlib.data.photos import photos
 from vqlib.recipes.ch03_priors import train_prior
-from vqlib.priors.gpt import GPTConfig
-from vqlib.priors.pixelcnn import PixelCNN, PixelCNNConfig
+from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, vqvae_loss
 from vqlib.tokenizers.vqvae2 import VQVAE2, BottomPrior, VQVAE2Config, equal_bits_codebook_size
 from vqlib.training.checkpoints import checkpoint_path
@@ -117,30 +116,89 @@ def train_photo_vqvae(profile: str | None = None, **overrides) -> tuple[VQVAE, H
 
 
 def prior_train_config(profile: str | None = None, **overrides) -> TrainConfig:
-    """The training budget of each chapter 4 prior."""
+    """The training budget of each chapter 4 prior (the same for all three)."""
     defaults = dict(steps=pick(10, 200, 20_000, profile=profile), batch_size=pick(16, 16, 64, profile=profile),
                     lr=pick(3e-3, 3e-3, 5e-4, profile=profile), warmup_steps=pick(0, 20, 500, profile=profile),
                     cosine=True, log_every=pick(5, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
 
 
+def prior_config(vocab_size: int, block_size: int, profile: str | None = None) -> GPTConfig:
+    """The GPT of every chapter 4 prior: one size class, so the priors of both systems are comparable."""
+    small = pick(smoke={}, quick=dict(n_layer=2, n_head=2, n_embd=64), full={}, profile=profile)  # 320 tokens, CPU
+    return GPTConfig.for_profile(vocab_size, block_size=block_size, profile=profile, **small)
+
+
 def train_photo_priors(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, profile: str | None = None,
-                       val: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[PixelCNN, BottomPrior, dict]:
-    """Stages 2 and 3: a PixelCNN over the top codes, then a GPT over the bottom codes given the top.
+                       val: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[GPT, BottomPrior, dict]:
+    """Stages 2 and 3: a GPT over the top codes in raster order, then a GPT over the bottom codes given the top.
 
     top (N, ht, wt) and bottom (N, h, w) are the training codes (``model.encode``); ``val`` = the (top,
-    bottom) codes of ``photos("val")`` adds validation bits per code to the histories. Both priors are
-    cached, keyed by the codes.
-    Returns (top prior, bottom prior, {"top": History, "bottom": History}).
+    bottom) codes of ``photos("val")`` adds validation bits per code to the histories. The top prior
+    reads a map flattened, (N, ht·wt): attention lets its last position see every earlier one. Both
+    priors are cached, keyed by the codes. Returns (top prior, bottom prior, {"top": History, "bottom": History}).
     """
-    k = model.config.codebook_size
+    k_top, k_bottom = model.config.codebook_size, model.config.bottom_codebook_size
     config = prior_train_config(profile)
-    top_prior = PixelCNN(PixelCNNConfig.for_profile(k, profile=profile))
-    top_history = train_prior(top_prior, top, config, "photo-top-prior",
-                              test=None if val is None else (val[0], None))
-    small = pick(smoke={}, quick=dict(n_layer=2, n_head=2, n_embd=64), full={}, profile=profile)  # 320 tokens on a CPU
-    gpt_config = GPTConfig.for_profile(k, block_size=top[0].numel() + bottom[0].numel(), profile=profile, **small)
-    bottom_prior = BottomPrior(gpt_config, top.shape[1:], bottom.shape[1:])
+    top_prior = GPT(prior_config(k_top, top[0].numel(), profile))
+    top_history = train_prior(top_prior, top.flatten(1), config, "photo-top-prior",
+                              test=None if val is None else (val[0].flatten(1), None))
+    gpt_config = prior_config(k_top + k_bottom, top[0].numel() + bottom[0].numel(), profile)
+    bottom_prior = BottomPrior(gpt_config, top.shape[1:], bottom.shape[1:], (k_top, k_bottom))
     bottom_history = train_prior(bottom_prior, bottom, config, "photo-bottom-prior", cond=top,
                                  test=None if val is None else (val[1], val[0]))
     return top_prior, bottom_prior, {"top": top_history, "bottom": bottom_history}
+
+
+def train_baseline_prior(baseline: VQVAE, codes: torch.Tensor, profile: str | None = None,
+                         val: torch.Tensor | None = None) -> tuple[GPT, History]:
+    """The one-level baseline's prior: a GPT of the bottom prior's size and budget over its codes (N, h, w).
+
+    ``val``: validation codes (N', h, w), whose bits per code the history records. Cached, keyed by the codes.
+    """
+    prior = GPT(prior_config(baseline.config.codebook_size, codes[0].numel(), profile))
+    history = train_prior(prior, codes.flatten(1), prior_train_config(profile), "photo-baseline-prior",
+                          test=None if val is None else (val.flatten(1), None))
+    return prior, history
+
+
+@torch.no_grad()
+def sample_two_levels(model: VQVAE2, top_prior: GPT, bottom_prior: BottomPrior, n: int,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ancestral sampling, top first: n top maps, a bottom map for each, decoded.
+
+    Returns (images (n, C, H, W) in [0, 1], top (n, ht, wt), bottom (n, h, w)), all on the CPU.
+    """
+    shape = bottom_prior.top_shape
+    top = top_prior.sample(n, math.prod(shape), temperature=temperature).view(n, *shape)  # (n, ht, wt)
+    bottom = bottom_prior.sample(top, temperature=temperature)  # (n, h, w)
+    return model.decode((top, bottom)).clamp(0, 1).cpu(), top.cpu(), bottom.cpu()
+
+
+@torch.no_grad()
+def sample_one_level(baseline: VQVAE, prior: GPT, shape: tuple[int, int], n: int,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """n code maps of ``shape`` (h, w) from the baseline's prior, decoded: images (n, C, H, W) in [0, 1] on the CPU."""
+    codes = prior.sample(n, math.prod(shape), temperature=temperature).view(n, *shape)  # (n, h, w)
+    return baseline.decode(codes).clamp(0, 1).cpu()
+
+
+def position_dependence(gpt: GPT, tokens: torch.Tensor, t: int) -> torch.Tensor:
+    """How much the logits that predict token t depend on each input token: tokens (1, L) -> (L,).
+
+    The summed absolute gradient of those logits with respect to each token's embedding, taken on a
+    forward hook of the token embedding: 0 where the prediction cannot see the token. A causal
+    prior sees tokens 0..t-1 and nothing else; a receptive field that misses an earlier token shows
+    a 0 there.
+    """
+    if tokens.dim() != 2 or len(tokens) != 1 or not 1 <= t < tokens.shape[1]:
+        raise ValueError(f"expected one sequence (1, L) and 1 <= t < L, got {tuple(tokens.shape)} and t={t}")
+    embedded = []  # the token embeddings (1, L, C) of the forward pass
+    hook = gpt.tok_emb.register_forward_hook(lambda module, args, out: embedded.append(out))
+    try:
+        with evaluating(gpt), torch.enable_grad():
+            logits = gpt(tokens)[0, t - 1]  # (K,): row t-1 predicts token t
+            (grad,) = torch.autograd.grad(logits.abs().sum(), embedded[0])  # (1, L, C); no parameter gets a .grad
+    finally:
+        hook.remove()
+    return grad[0].abs().sum(-1).cpu()  # (L,)

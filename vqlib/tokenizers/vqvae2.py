@@ -35,8 +35,8 @@ from torch import nn
 from vqlib.core.inference import evaluating
 from vqlib.core.nn import check_images, upsample
 from vqlib.core.profile import pick
-from vqlib.priors.base import check_sampling, check_tokens
-from vqlib.priors.gpt import GPT, GPTConfig
+from vqlib.priors.base import check_sampling, check_tokens, sample_from_logits
+from vqlib.priors.gpt import GPT, GPTConfig, KVCache
 from vqlib.quantizers.factory import make_quantizer
 from vqlib.quantizers.vector import QuantizerOutput
 from vqlib.tokenizers.base import TokenizerOutput, check_index_rank
@@ -49,20 +49,27 @@ class VQVAE2Config:
     hidden: int = 128  # F: channels of the encoders and decoders (the paper: 128)
     res_hidden: int = 64  # channels inside a residual block (the paper: 64)
     res_blocks: int = 2  # residual blocks per encoder and decoder (the paper: 2)
-    codebook_size: int = 512  # K of each level (the paper: 512 for both)
+    codebook_size: int = 512  # K of the top codebook (the paper: 512)
+    bottom_codebook_size: int = 512  # K of the bottom codebook (the paper: 512)
     code_dim: int = 64  # D of each level (the paper: 64)
     beta: float = 0.25  # commitment weight (the paper: 0.25)
     decay: float = 0.99  # EMA decay of both codebooks (the paper: 0.99)
 
     def __post_init__(self) -> None:
         self.part(self.in_channels, self.code_dim, downsample=4)  # VQVAEConfig checks every size
+        if self.bottom_codebook_size < 2:
+            raise ValueError(f"bottom_codebook_size must be >= 2, got {self.bottom_codebook_size}")
 
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> VQVAE2Config:
         """The book's size for a profile (default: the current one); ``overrides`` set any field."""
-        sizes = pick(smoke=dict(hidden=16, res_hidden=8, res_blocks=1, codebook_size=16, code_dim=8),
-                     quick=dict(hidden=48, res_hidden=24, res_blocks=1, codebook_size=256, code_dim=32),
-                     full=dict(codebook_size=256), profile=profile)  # 256: the one-level baseline gets 256^1.25
+        # a small bottom codebook, so that the bottom codes cannot carry the whole image and the top codes
+        # must carry the layout (chapter 4 measures it); Kt a power of 16 gives the baseline a whole K'
+        sizes = pick(smoke=dict(hidden=16, res_hidden=8, res_blocks=1, codebook_size=16, bottom_codebook_size=4,
+                                code_dim=8),
+                     quick=dict(hidden=48, res_hidden=24, res_blocks=1, codebook_size=256, bottom_codebook_size=8,
+                                code_dim=32),
+                     full=dict(codebook_size=256, bottom_codebook_size=8), profile=profile)
         return cls(**{**sizes, **overrides})
 
     def part(self, in_channels: int, code_dim: int, downsample: int) -> VQVAEConfig:
@@ -88,7 +95,7 @@ class VQVAE2(nn.Module):
                                             decay=config.decay)
         self.decoder_top = Decoder(config.part(d, d, downsample=2))  # z_q_top -> (B, D, h, w), conditions the bottom
         self.to_bottom = nn.Conv2d(f + d, d, kernel_size=1)  # [features, decoded top] -> z_e_bottom
-        self.quantizer_bottom = make_quantizer("ema", d, codebook_size=config.codebook_size, beta=config.beta,
+        self.quantizer_bottom = make_quantizer("ema", d, codebook_size=config.bottom_codebook_size, beta=config.beta,
                                                decay=config.decay)
         self.upsample_top = upsample(d, d)  # z_q_top -> (B, D, h, w) for the decoder
         self.decoder = Decoder(config.part(c, 2 * d, downsample=4))  # [top, bottom] -> x_hat
@@ -144,39 +151,58 @@ class VQVAE2(nn.Module):
 # ----------------------------------------------------------------------------- the conditional bottom prior
 
 class BottomPrior(nn.Module):
-    """p(bottom | top): a GPT over the sequence [top codes, bottom codes], both in raster order.
+    """p(bottom | top): a GPT over the top codes, then the bottom codes next to the top code above them.
 
-    The top codes are a prefix: every bottom code attends to all of them (the condition) and to the
-    bottom codes before it (causal attention), and the loss is taken on the bottom codes only.
-    Top and bottom share the vocabulary [0, K) and are told apart by their positions.
-    bottom (B, h, w), top (B, ht, wt) long -> logits (B, K, h, w).
+    The sequence is the whole top map in raster order (a prefix: every bottom code attends to all of
+    it), then, for each top code in raster order, that top code again followed by the 2×2 bottom
+    codes under it. Repeating each top code right before its bottom codes puts the condition of a
+    bottom code one or a few positions back, where attention finds it at once; the paper gets the
+    same alignment by adding an upsampled conditioning stack over the top map to its PixelCNN. Any
+    fixed order is a valid factorisation of p(bottom | top); the loss is taken on the bottom codes only.
+    The two codebooks get separate tokens: bottom code k is token k, top code k is token Kb + k
+    (``codebook_sizes`` = (Kt, Kb), ``config.vocab_size`` = Kt + Kb, ``config.block_size`` = 6·ht·wt),
+    and a bottom code's distribution is the softmax over the first Kb logits.
+    bottom (B, h, w) = (B, 2·ht, 2·wt), top (B, ht, wt) long -> logits (B, Kb, h, w).
     """
 
-    def __init__(self, config: GPTConfig, top_shape: tuple[int, int], bottom_shape: tuple[int, int]) -> None:
+    def __init__(self, config: GPTConfig, top_shape: tuple[int, int], codebook_sizes: tuple[int, int]) -> None:
         super().__init__()
-        self.top_shape, self.bottom_shape = tuple(top_shape), tuple(bottom_shape)
-        if config.block_size != math.prod(top_shape) + math.prod(bottom_shape):
-            raise ValueError(f"block_size must be {math.prod(top_shape)} top + {math.prod(bottom_shape)} bottom "
-                             f"positions, got {config.block_size}")
+        self.top_shape = tuple(top_shape)
+        self.bottom_shape = (2 * self.top_shape[0], 2 * self.top_shape[1])
+        self.top_codebook_size, self.bottom_codebook_size = map(int, codebook_sizes)
+        n_top = math.prod(top_shape)
+        if config.block_size != 6 * n_top:
+            raise ValueError(f"block_size must be 6 × {n_top} top positions (the top map, then each top code "
+                             f"with its 4 bottom codes) = {6 * n_top}, got {config.block_size}")
+        if config.vocab_size != sum(codebook_sizes):
+            raise ValueError(f"vocab_size must be Kt + Kb = {sum(codebook_sizes)} (codebook_sizes "
+                             f"{tuple(codebook_sizes)}), got {config.vocab_size}")
         self.config = config
         self.gpt = GPT(config)
 
     def check(self, bottom: torch.Tensor, top: torch.Tensor) -> None:
-        k = self.config.vocab_size
-        check_tokens(top, k, f"(B, {self.top_shape[0]}, {self.top_shape[1]})", ndim=3)
-        check_tokens(bottom, k, f"(B, {self.bottom_shape[0]}, {self.bottom_shape[1]})", ndim=3)
-        if top.shape[1:] != self.top_shape or bottom.shape != (len(top), *self.bottom_shape):
-            raise ValueError(f"expected top (B, {self.top_shape[0]}, {self.top_shape[1]}) and bottom "
-                             f"(B, {self.bottom_shape[0]}, {self.bottom_shape[1]}) with the same B, got "
+        (ht, wt), (h, w) = self.top_shape, self.bottom_shape
+        check_tokens(top, self.top_codebook_size, f"(B, {ht}, {wt}) top", ndim=3)
+        check_tokens(bottom, self.bottom_codebook_size, f"(B, {h}, {w}) bottom", ndim=3)
+        if top.shape[1:] != self.top_shape or bottom.shape != (len(top), h, w):
+            raise ValueError(f"expected top (B, {ht}, {wt}) and bottom (B, {h}, {w}) with the same B, got "
                              f"{tuple(top.shape)} and {tuple(bottom.shape)}")
 
+    def sequence(self, bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        """The token sequence the GPT reads: (B, h, w), (B, ht, wt) -> (B, 6·ht·wt) (see the class docstring)."""
+        b, (ht, wt) = len(top), self.top_shape
+        blocks = bottom.view(b, ht, 2, wt, 2).permute(0, 1, 3, 2, 4).reshape(b, ht * wt, 4)  # (B, Lt, 4) under each top code
+        shifted = top.reshape(b, ht * wt, 1) + self.bottom_codebook_size  # (B, Lt, 1)
+        return torch.cat([shifted.flatten(1), torch.cat([shifted, blocks], dim=2).flatten(1)], dim=1)  # (B, 6 Lt)
+
     def forward(self, bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-        """Logits of every bottom code given the top codes and the bottom codes before it: (B, K, h, w)."""
+        """Logits of every bottom code given the top codes and the bottom codes before it: (B, Kb, h, w)."""
         self.check(bottom, top)
-        n_top = top[0].numel()
-        sequence = torch.cat([top.flatten(1), bottom.flatten(1)], dim=1)  # (B, Lt + Lb)
-        logits = self.gpt(sequence[:, :-1])[:, n_top - 1:]  # (B, Lb, K): row t predicts bottom code t
-        return logits.transpose(1, 2).reshape(len(top), -1, *self.bottom_shape)  # (B, K, h, w)
+        b, (ht, wt), k = len(top), self.top_shape, self.bottom_codebook_size
+        n_top = ht * wt
+        logits = self.gpt(self.sequence(bottom, top)[:, :-1])[:, n_top - 1:, :k]  # (B, 5 Lt, Kb): after the prefix
+        logits = logits.reshape(b, n_top, 5, k)[:, :, 1:]  # (B, Lt, 4, Kb): the rows that predict bottom codes
+        return logits.reshape(b, ht, wt, 2, 2, k).permute(0, 5, 1, 3, 2, 4).reshape(b, k, *self.bottom_shape)
 
     def nll(self, bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood in nats per bottom code: (B, h, w), (B, ht, wt) -> (B,)."""
@@ -184,22 +210,37 @@ class BottomPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, top: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
-        """Bottom code maps for the given top codes, one code at a time: (n, ht, wt) -> (n, h, w)."""
+        """Bottom code maps for the given top codes, one code at a time: (n, ht, wt) -> (n, h, w).
+
+        Each step feeds the GPT only what it has not seen (its key/value cache holds the rest): the
+        newest bottom code, and before each group of four the top code above them.
+        """
         check_sampling(len(top), temperature, top_k)
         self.check(torch.zeros(len(top), *self.bottom_shape, dtype=torch.long, device=top.device), top)
-        sequence = self.gpt.sample(len(top), self.config.block_size, temperature=temperature, top_k=top_k,
-                                   prefix=top.flatten(1))  # (n, Lt + Lb)
-        return sequence[:, top[0].numel():].view(len(top), *self.bottom_shape)
+        n, (ht, wt) = len(top), self.top_shape
+        shifted = top.flatten(1) + self.bottom_codebook_size  # (n, Lt)
+        caches = [KVCache() for _ in self.gpt.blocks]
+        new, codes = torch.cat([shifted, shifted[:, :1]], dim=1), []  # the prefix, then the first top code
+        for cell in range(ht * wt):
+            for _ in range(4):
+                logits = self.gpt.next_logits(new, caches=caches)[:, :self.bottom_codebook_size]  # (n, Kb)
+                new = sample_from_logits(logits, temperature, top_k)[:, None]  # (n, 1)
+                codes.append(new)
+            new = torch.cat([new, shifted[:, cell + 1:cell + 2]], dim=1)  # then the next top code, if any
+        blocks = torch.cat(codes, dim=1).view(n, ht, wt, 2, 2)  # (n, ht, wt, 2, 2)
+        return blocks.permute(0, 1, 3, 2, 4).reshape(n, *self.bottom_shape)  # (n, h, w)
 
 
 # ----------------------------------------------------------------------------- sizes
 
 def equal_bits_codebook_size(config: VQVAE2Config) -> int:
-    """K of a one-level model at 1/4 resolution with the two-level model's code bits.
+    """K' of a one-level model at 1/4 resolution with the two-level model's code bits.
 
-    Two levels spend (h·w + h·w/4)·log2 K bits; one level at h × w needs log2 K' = 1.25·log2 K.
+    Two levels spend h·w·log2 Kb + (h·w/4)·log2 Kt bits; one level at h × w needs
+    log2 K' = log2 Kb + log2 Kt / 4 bits per position.
     """
-    k = 2 ** (1.25 * math.log2(config.codebook_size))
-    if abs(k - round(k)) > 1e-6:
-        raise ValueError(f"K^1.25 is not an integer for codebook_size={config.codebook_size}: use a power of 16")
-    return round(k)
+    log2_k = math.log2(config.bottom_codebook_size) + math.log2(config.codebook_size) / 4
+    if abs(log2_k - round(log2_k)) > 1e-9:
+        raise ValueError(f"Kb·Kt^(1/4) is not a power of 2 for codebook_size={config.codebook_size}, "
+                         f"bottom_codebook_size={config.bottom_codebook_size}: use powers of 2, Kt a power of 16")
+    return 2 ** round(log2_k)
