@@ -9,10 +9,12 @@ known distortions with which a judge is calibrated.
   (the kernel is cut at 3 sigma, borders are padded by reflection).
 - ``add_noise(x, sigma, seed)``: i.i.d. Gaussian noise of standard deviation ``sigma``, seeded,
   clipped to [0, 1].
+- ``jpeg(x, quality)``: a round trip through JPEG at ``quality`` (1 to 95, Pillow's encoder with its
+  default 4:2:0 chroma subsampling): blocking, ringing and lost colour detail, more at lower quality.
 
 A judge that scores generated images or clips (a Fréchet distance in its features) must rank
 these distortions of real data in the obvious order before its verdicts mean anything: more blur
-or more noise, a larger distance.
+or more noise or a lower JPEG quality, a larger distance.
 
 Every function takes images (B, C, H, W) or videos (B, T, C, H, W) and treats leading dimensions
 as a batch. Dimension key: B batch, T frames, C channels, H W height and width.
@@ -90,3 +92,30 @@ def add_noise(x: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x.shape, generator=g)  # drawn on the CPU: the same numbers on every device
     return (x + sigma * to_device(noise, x.device).to(x.dtype)).clamp(0, 1)
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Every frame encoded as a JPEG at ``quality`` and decoded again: (..., 3, H, W) in [0, 1] -> same.
+
+    The pixels are rounded to 8 bits first (JPEG stores 8-bit colour), so even quality 95 is not exact.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    frames = _frames(x, "jpeg")
+    if frames.shape[1] != 3:
+        raise ValueError(f"jpeg needs RGB frames (3 channels), got {frames.shape[1]}")
+    if not isinstance(quality, int) or not 1 <= quality <= 95:
+        raise ValueError(f"jpeg quality must be an integer from 1 to 95, got {quality!r}")
+    pixels = (frames.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for frame in pixels:  # (H, W, 3) uint8
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            out.append(np.asarray(decoded.convert("RGB")))
+    decoded = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.dtype).div(255)  # (N, 3, H, W)
+    return to_device(decoded, x.device).view(x.shape)
