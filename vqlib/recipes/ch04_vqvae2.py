@@ -1,18 +1,19 @@
-"""Chapter 4: VQ-VAE-2 on photographs, next to a one-level VQ-VAE with the same code bits, and its priors.
+"""Chapter 4: VQ-VAE-2 on photographs, next to a one-level VQ-VAE with the same code bits, and the priors of both.
 
 What is in it: ``train_photo_vqvae2`` (the two-level model of ``vqlib.tokenizers.vqvae2``),
 ``train_photo_vqvae`` (the one-level baseline: a chapter 2 VQ-VAE at factor 4 whose codebook gets the
 two-level model's code bits, ``equal_bits_codebook_size``), both trained by ``fit_on_photos`` on
-``photos("train")`` and scored as they train on ``photos("val")`` (``image_scores``: PSNR and SSIM);
-``per_image_scores`` and ``bits_per_code`` give one number per image, for ``bootstrap_ci``; and
-``train_photo_priors`` (stage 2, a PixelCNN over the top codes; stage 3, a ``BottomPrior`` GPT over
-the bottom codes given the top). Every recipe trains once per profile and config, then loads from
-the checkpoint cache.
+``photos("train")`` and scored as they train on ``photos("val")`` (``image_scores``: PSNR and SSIM;
+``per_image_scores`` gives one number per image, for ``bootstrap_ci``); ``train_photo_priors`` (stage 2,
+a GPT over the top codes; stage 3, a ``BottomPrior`` GPT over the bottom codes given the top) and
+``train_baseline_prior`` (a GPT of the same size and budget over the baseline's codes);
+``sample_two_levels`` and ``sample_one_level``; ``position_dependence`` (which earlier codes a GPT's
+prediction can see); ``spectrum_features`` (the feature space of the samples' Fréchet distance). Every
+recipe trains once per profile and config, then loads from the checkpoint cache.
 
 Dimension key: N examples, C image channels, H W image height and width, h w bottom code map,
-ht wt top code map.
+ht wt top code map, L tokens, K codebook size.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -22,11 +23,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from vqlib.core.device import model_device, to_device
 from vqlib.core.inference import evaluating, reconstruct
 from vqlib.core.metrics import psnr, ssim
 from vqlib.core.profile import pick, seed_everything
 from vqlib.data.photos import photos
+from vqlib.judges.realism import band_power
 from vqlib.recipes.ch03_priors import train_prior
 from vqlib.priors.gpt import GPT, GPTConfig
 from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, vqvae_loss
@@ -54,21 +55,13 @@ def image_scores(model: nn.Module, data: TensorDataset) -> dict[str, float]:
     return {k: float(v.mean()) for k, v in per_image_scores(x, reconstruct(model, x)).items()}
 
 
-@torch.no_grad()
-def bits_per_code(prior: nn.Module, tokens: torch.Tensor, cond: torch.Tensor | None = None,
-                  batch_size: int = 500) -> torch.Tensor:
-    """Each code map's negative log2-likelihood per code under ``prior``: tokens (N, ...) -> (N,) on the CPU.
+def spectrum_features(x: torch.Tensor) -> torch.Tensor:
+    """The feature space of chapter 4's Fréchet distance: each image's log power in 4 rings of frequency.
 
-    The mean is ``bits_per_dim(prior, tokens, cond)``; per map, for a paired ``bootstrap_ci``.
+    x (N, 3, H, W) in [0, 1] -> (N, 4) (``vqlib.judges.realism.band_power``). Nothing is trained; the
+    chapter shows that distances in it rank known distortions before it scores samples.
     """
-    device = model_device(prior)
-    out = []
-    with evaluating(prior):
-        for start in range(0, len(tokens), batch_size):
-            part = slice(start, start + batch_size)
-            c = None if cond is None else to_device(cond[part], device)
-            out.append(prior.nll(to_device(tokens[part], device), c).double().cpu())
-    return torch.cat(out) / math.log(2)
+    return band_power(x).log().float()
 
 
 def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
@@ -125,7 +118,7 @@ def prior_train_config(profile: str | None = None, **overrides) -> TrainConfig:
 
 def prior_config(vocab_size: int, block_size: int, profile: str | None = None) -> GPTConfig:
     """The GPT of every chapter 4 prior: one size class, so the priors of both systems are comparable."""
-    small = pick(smoke={}, quick=dict(n_layer=2, n_head=2, n_embd=64), full={}, profile=profile)  # 320 tokens, CPU
+    small = pick(smoke={}, quick=dict(n_layer=2, n_head=2, n_embd=64), full={}, profile=profile)  # 384 tokens, CPU
     return GPTConfig.for_profile(vocab_size, block_size=block_size, profile=profile, **small)
 
 
@@ -143,8 +136,8 @@ def train_photo_priors(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, p
     top_prior = GPT(prior_config(k_top, top[0].numel(), profile))
     top_history = train_prior(top_prior, top.flatten(1), config, "photo-top-prior",
                               test=None if val is None else (val[0].flatten(1), None))
-    gpt_config = prior_config(k_top + k_bottom, top[0].numel() + bottom[0].numel(), profile)
-    bottom_prior = BottomPrior(gpt_config, top.shape[1:], bottom.shape[1:], (k_top, k_bottom))
+    gpt_config = prior_config(k_top + k_bottom, 6 * top[0].numel(), profile)  # the top map, then 5 tokens per top code
+    bottom_prior = BottomPrior(gpt_config, top.shape[1:], (k_top, k_bottom))
     bottom_history = train_prior(bottom_prior, bottom, config, "photo-bottom-prior", cond=top,
                                  test=None if val is None else (val[1], val[0]))
     return top_prior, bottom_prior, {"top": top_history, "bottom": bottom_history}
