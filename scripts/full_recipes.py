@@ -47,7 +47,7 @@ from vqlib.losses.vqgan import VQGANLoss
 from vqlib.quantizers.factory import make_quantizer
 from vqlib.recipes.ch01_vae import vae_train_config
 from vqlib.recipes.ch02_vqvae import vqvae_train_config
-from vqlib.recipes.ch04_vqvae2 import photo_train_config, prior_train_config
+from vqlib.recipes.ch04_vqvae2 import photo_train_config, prior_config, prior_train_config
 from vqlib.recipes.ch05_vqgan import image_size, vqgan_loss_config, vqgan_train_config
 from vqlib.recipes.ch06_codebooks import COMPARED, comparison_model, comparison_training
 from vqlib.recipes.ch07_maskgit import mnist_maskgit_config, mnist_maskgit_train_config
@@ -192,26 +192,39 @@ def photo_vqvae() -> FullRun:
     return FullRun(VQVAE(config), photo_train_config(FULL), lambda n: (_images(n, 3, PHOTO),), vqvae_loss, _roundtrip)
 
 
+def _photo_codes() -> tuple[int, int, tuple[int, int], tuple[int, int]]:
+    """Kt, Kb and the top and bottom map shapes of chapter 4's full model."""
+    config = VQVAE2Config.for_profile(FULL)
+    return config.codebook_size, config.bottom_codebook_size, (PHOTO // 8,) * 2, (PHOTO // 4,) * 2
+
+
 def photo_top_prior() -> FullRun:
-    k, side = VQVAE2Config.for_profile(FULL).codebook_size, PHOTO // 8
-    # on the CPU, the first two rows: sampling runs the network once per position, 256 times in all
-    return FullRun(PixelCNN(PixelCNNConfig.for_profile(k, profile=FULL)), prior_train_config(FULL),
-                   lambda n: (torch.randint(k, (n, side, side)),), prior_loss,
-                   lambda m, b: m.sample(len(b[0]), (side, side)), unit="tokens", per_example=side * side,
-                   cpu_infer=lambda m, b: m.sample(len(b[0]), (2, side)))
+    k, _, top, _ = _photo_codes()
+    length = math.prod(top)
+    return FullRun(GPT(prior_config(k, length, FULL)), prior_train_config(FULL),
+                   lambda n: (torch.randint(k, (n, length)),), prior_loss,
+                   lambda m, b: m.sample(len(b[0]), length), unit="tokens", per_example=length)
 
 
 def photo_bottom_prior() -> FullRun:
-    k, top, bottom = VQVAE2Config.for_profile(FULL).codebook_size, (PHOTO // 8,) * 2, (PHOTO // 4,) * 2
-    config = GPTConfig.for_profile(k, block_size=math.prod(top) + math.prod(bottom), profile=FULL)
-    # on the CPU, the first two rows of bottom codes after the whole top map: the key-value cache grows by
-    # concatenation, so the CPU spends a minute on all 1024 (the training steps run the full context)
-    return FullRun(BottomPrior(config, top, bottom), prior_train_config(FULL),
-                   lambda n: (torch.randint(k, (n, *bottom)), torch.randint(k, (n, *top))),
+    k_top, k_bottom, top, bottom = _photo_codes()
+    config = prior_config(k_top + k_bottom, 6 * math.prod(top), FULL)  # the top map, then 5 tokens per top code
+    # on the CPU, the whole top map and the first two rows of bottom codes (one row of top cells, 5 tokens each):
+    # the key-value cache grows by concatenation, so the CPU spends minutes on all 1024 (training runs the full context)
+    return FullRun(BottomPrior(config, top, (k_top, k_bottom)), prior_train_config(FULL),
+                   lambda n: (torch.randint(k_bottom, (n, *bottom)), torch.randint(k_top, (n, *top))),
                    lambda m, b: {"loss": m.nll(b[0], b[1]).mean()}, lambda m, b: m.sample(b[1]),
                    unit="tokens", per_example=math.prod(bottom),
-                   cpu_infer=lambda m, b: m.gpt.sample(len(b[1]), math.prod(top) + 2 * bottom[1],
-                                                       prefix=b[1].flatten(1)))
+                   cpu_infer=lambda m, b: m.gpt.sample(len(b[1]), math.prod(top) + 5 * top[1],
+                                                       prefix=b[1].flatten(1) + k_bottom))
+
+
+def photo_baseline_prior() -> FullRun:
+    k, length = equal_bits_codebook_size(VQVAE2Config.for_profile(FULL)), math.prod(_photo_codes()[3])
+    return FullRun(GPT(prior_config(k, length, FULL)), prior_train_config(FULL),
+                   lambda n: (torch.randint(k, (n, length)),), prior_loss,
+                   lambda m, b: m.sample(len(b[0]), length), unit="tokens", per_example=length,
+                   cpu_infer=lambda m, b: m.sample(len(b[0]), 2 * PHOTO // 4))  # the first two rows
 
 
 # ----------------------------------------------------------------------------- chapter 5: VQGAN
@@ -431,6 +444,7 @@ RECIPES: dict[str, Callable[[], FullRun]] = {  # name -> builder; scripts/train.
     "photo-vqvae": photo_vqvae,
     "photo-top-prior": photo_top_prior,
     "photo-bottom-prior": photo_bottom_prior,
+    "photo-baseline-prior": photo_baseline_prior,
     "photonet-photo": lambda: photo_net("photo"),  # chapter 5
     "photonet-rotation": lambda: photo_net("rotation"),
     "photo-vqgan": photo_vqgan,

@@ -20,16 +20,23 @@ def test_bundled_crops_have_the_right_shape_range_and_repeat():
     assert photos.photos("train", size=32, profile="smoke").tensors[0].shape == (64, 3, 32, 32)
 
 
-def test_train_val_and_test_crops_come_from_different_photos(monkeypatch):
-    names = photos.TRAIN_PHOTOS + photos.VAL_PHOTOS + photos.TEST_PHOTOS
-    assert len(set(names)) == len(names)
-    colour = {name: 10 * (i + 1) for i, name in enumerate(names)}  # each fake photo is one flat grey level
-    monkeypatch.setattr(photos, "bundled_photo", lambda name: np.full((150, 200, 3), colour[name], np.uint8))
+def test_train_val_and_test_crops_come_from_disjoint_regions(monkeypatch):
+    grid = photos.GRID
+    side = 40 * grid  # a square fake image: grid × grid blocks of 40 pixels, each its own grey level
+    levels = 10 + 15 * np.arange(grid * grid)  # block k = row · grid + col has grey level 10 + 15 k
+    image = np.kron(levels.reshape(grid, grid), np.ones((side // grid, side // grid))).astype(np.uint8)
+    monkeypatch.setattr(photos, "bundled_photo", lambda name: np.repeat(image[..., None], 3, axis=2))
     photos.bundled_crops.cache_clear()
     try:
-        for split, allowed in photos.SPLIT_PHOTOS.items():
-            levels = set((photos.photos(split, profile="quick").tensors[0][:, 0, 0, 0] * 255).round().int().tolist())
-            assert levels == {colour[name] for name in allowed}, split  # every photo of the split, no other
+        blocks = {}
+        for split in photos.SPLITS:
+            x = photos.photos(split, profile="quick").tensors[0]
+            centre = (x[:, 0, 32, 32] * 255).round().long()  # at least S/2 from the block's edges: its own level
+            assert set(centre.tolist()) <= set(levels.tolist()), split
+            blocks[split] = {(k // grid, k % grid) for k in ((centre - 10) // 15).tolist()}
+            assert all(photos.block_split(r, c, grid) == split for r, c in blocks[split]), split
+        assert not blocks["train"] & blocks["val"] and not blocks["train"] & blocks["test"]
+        assert not blocks["val"] & blocks["test"] and blocks["val"] and blocks["test"]
     finally:
         photos.bundled_crops.cache_clear()
 
