@@ -5,11 +5,12 @@ What is in it: ``train_photo_vqvae2`` (the two-level model of ``vqlib.tokenizers
 two-level model's code bits, ``equal_bits_codebook_size``), both trained by ``fit_on_photos`` on
 ``photos("train")`` and scored as they train on ``photos("val")`` (``image_scores``: PSNR and SSIM;
 ``per_image_scores`` gives one number per image, for ``bootstrap_ci``); ``train_photo_priors`` (stage 2,
-a GPT over the top codes; stage 3, a ``BottomPrior`` GPT over the bottom codes given the top) and
-``train_baseline_prior`` (a GPT of the same size and budget over the baseline's codes);
-``sample_two_levels`` and ``sample_one_level``; ``position_dependence`` (which earlier codes a GPT's
-prediction can see); ``spectrum_features`` (the feature space of the samples' Fréchet distance). Every
-recipe trains once per profile and config, then loads from the checkpoint cache.
+a GPT over the top codes; stage 3, a ``BottomPrior`` GPT over the bottom codes given the top, also
+trained alone with another seed by ``train_bottom_prior``) and ``train_baseline_prior`` (a GPT of the
+same size and budget over the baseline's codes); ``sample_two_levels`` and ``sample_one_level``;
+``position_dependence`` (which earlier codes a GPT's prediction can see); ``spectrum_features`` (the
+feature space of the samples' Fréchet distance). Every recipe trains once per profile and config,
+then loads from the checkpoint cache.
 
 Dimension key: N examples, C image channels, H W image height and width, h w bottom code map,
 ht wt top code map, L tokens, K codebook size.
@@ -131,16 +132,30 @@ def train_photo_priors(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, p
     reads a map flattened, (N, ht·wt): attention lets its last position see every earlier one. Both
     priors are cached, keyed by the codes. Returns (top prior, bottom prior, {"top": History, "bottom": History}).
     """
-    k_top, k_bottom = model.config.codebook_size, model.config.bottom_codebook_size
     config = prior_train_config(profile)
-    top_prior = GPT(prior_config(k_top, top[0].numel(), profile))
+    seed_everything(config.seed)
+    top_prior = GPT(prior_config(model.config.codebook_size, top[0].numel(), profile))
     top_history = train_prior(top_prior, top.flatten(1), config, "photo-top-prior",
                               test=None if val is None else (val[0].flatten(1), None))
-    gpt_config = prior_config(k_top + k_bottom, 6 * top[0].numel(), profile)  # the top map, then 5 tokens per top code
-    bottom_prior = BottomPrior(gpt_config, top.shape[1:], (k_top, k_bottom))
-    bottom_history = train_prior(bottom_prior, bottom, config, "photo-bottom-prior", cond=top,
-                                 test=None if val is None else (val[1], val[0]))
+    bottom_prior, bottom_history = train_bottom_prior(model, top, bottom, profile, val)
     return top_prior, bottom_prior, {"top": top_history, "bottom": bottom_history}
+
+
+def train_bottom_prior(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, profile: str | None = None,
+                       val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       seed: int = 0) -> tuple[BottomPrior, History]:
+    """Stage 3 alone, with a training ``seed`` (initialisation and batch order): the bottom prior given the top.
+
+    Arguments as ``train_photo_priors``; another seed trains (and caches) another prior.
+    """
+    k_top, k_bottom = model.config.codebook_size, model.config.bottom_codebook_size
+    config = prior_train_config(profile, seed=seed)
+    seed_everything(seed)
+    gpt_config = prior_config(k_top + k_bottom, 6 * top[0].numel(), profile)  # the top map, then 5 tokens per top code
+    prior = BottomPrior(gpt_config, top.shape[1:], (k_top, k_bottom))
+    history = train_prior(prior, bottom, config, "photo-bottom-prior", cond=top,
+                          test=None if val is None else (val[1], val[0]))
+    return prior, history
 
 
 def train_baseline_prior(baseline: VQVAE, codes: torch.Tensor, profile: str | None = None,
@@ -149,8 +164,10 @@ def train_baseline_prior(baseline: VQVAE, codes: torch.Tensor, profile: str | No
 
     ``val``: validation codes (N', h, w), whose bits per code the history records. Cached, keyed by the codes.
     """
+    config = prior_train_config(profile)
+    seed_everything(config.seed)
     prior = GPT(prior_config(baseline.config.codebook_size, codes[0].numel(), profile))
-    history = train_prior(prior, codes.flatten(1), prior_train_config(profile), "photo-baseline-prior",
+    history = train_prior(prior, codes.flatten(1), config, "photo-baseline-prior",
                           test=None if val is None else (val.flatten(1), None))
     return prior, history
 
