@@ -8,16 +8,18 @@ decoder sees both: the top codes upsampled to 1/4, next to the bottom codes (Fig
 Priors are trained afterwards, in stages: one over the top codes, then one over the bottom codes
 conditioned on the top codes (Fig. 2b); sampling runs them in that order.
 
-What is in it: ``VQVAE2Config`` (the paper's two levels, ``for_profile`` for the book's sizes),
-``VQVAE2`` with ``encode`` (image -> top and bottom indices) and ``decode`` (both -> image),
-built from the chapter 2 encoder and decoder (``vqlib.tokenizers.vqvae``) and EMA quantizers
-(``vqlib.quantizers.vector``); ``BottomPrior``, a chapter 3 GPT (``vqlib.priors.gpt``) that reads the top codes
-as a prefix before the bottom codes; ``equal_bits_codebook_size``, the codebook of a one-level model
-with the same code bits. Chapter 4 trains them in ``vqlib.recipes.ch04_vqvae2``.
+What is in it: ``VQVAE2Config`` (the paper's two levels, each with its own codebook size;
+``for_profile`` for the book's sizes), ``VQVAE2`` with ``encode`` (image -> top and bottom indices)
+and ``decode`` (both -> image), built from the chapter 2 encoder and decoder
+(``vqlib.tokenizers.vqvae``) and EMA quantizers (``vqlib.quantizers.vector``); ``BottomPrior``, a
+chapter 3 GPT (``vqlib.priors.gpt``) that reads the top map first, then each top code followed by
+the bottom codes under it; ``equal_bits_codebook_size``, the codebook of a one-level model with the
+same code bits. Chapter 4 trains them, and a GPT over the top codes, in ``vqlib.recipes.ch04_vqvae2``.
 
-Left out: the paper's third level (for 1024 px), its PixelCNN priors with self-attention (the top
-prior here is the chapter 3 gated PixelCNN; the bottom prior is a GPT, whose attention lets every
-bottom position see every top code), and classifier-based rejection sampling.
+Left out: the paper's third level (for 1024 px), its PixelCNN priors with self-attention and the
+bottom prior's conditioning stack (here both priors are GPTs: attention lets every position see
+every earlier one, and the sequence order puts each top code next to the bottom codes it
+conditions), and classifier-based rejection sampling (chapter 4 has it as an exercise).
 
 Dimension key: B batch, C image channels, H W image height and width, D code dim, K codebook size,
 h w = H/4, W/4 bottom code map, ht wt = H/8, W/8 top code map, F hidden channels.
