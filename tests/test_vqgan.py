@@ -269,7 +269,8 @@ def test_held_out_scores_per_crop():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 3, 16, 16, generator=g)
     scores = held_out_scores(x, x.clone())
-    assert set(scores) == {"psnr", "ssim", "spectral", "two_sample"}
+    assert set(scores) == {"psnr", "ssim", "spectral", "two_sample", "divergence"}
+    assert scores["divergence"].shape == (16,)
     assert scores["spectral"].shape == (16,) and torch.all(scores["spectral"] == 0)
     assert scores["two_sample"].shape == (16,) and set(scores["two_sample"].tolist()) <= {0.0, 1.0}
     noisy = held_out_scores(x, (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1))

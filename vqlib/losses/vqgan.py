@@ -7,10 +7,11 @@ Paper: Esser, Rombach and Ommer, "Taming Transformers for High-Resolution Image 
 
 with the hinge generator loss L_G of a PatchGAN (``vqlib.losses.discriminator``) and the adaptive weight
 
-    λ = ‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_G‖ + δ),   δ = 1e-4, clamped to [0, 10⁴] and not differentiated,
+    λ = ‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_G‖ + δ),   clamped to [0, 10⁴] and not differentiated,
 
 the gradients taken at the decoder's last layer G_L, so that the adversarial term never swamps
-the reconstruction. The discriminator, trained with its own hinge loss, joins only after
+the reconstruction. The paper writes δ = 10⁻⁶; the released taming-transformers code uses
+``torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4)``, and so does this module (``delta=1e-4``). The discriminator, trained with its own hinge loss, joins only after
 ``disc_start`` steps (the warm-up): before that the autoencoder learns to reconstruct.
 
 What is in it: ``VQGANLossConfig``, ``adaptive_weight`` and ``VQGANLoss`` (the discriminator, the
@@ -43,7 +44,7 @@ class VQGANLossConfig:
     perceptual_weight: float = 1.0  # w_p (the paper's code: 1.0); 0 = no perceptual term
     disc_weight: float = 1.0  # multiplies λ (the paper's code: 1.0); 0 = no discriminator at all
     disc_start: int = 0  # steps of warm-up before the adversarial term and the discriminator start
-    delta: float = 1e-4  # δ in λ's denominator
+    delta: float = 1e-4  # δ in λ's denominator: the released code's (the paper writes 1e-6)
     max_weight: float = 1e4  # λ is clamped to [0, max_weight]
 
     def __post_init__(self) -> None:

@@ -54,7 +54,7 @@ def image_size(profile: str | None = None) -> int:
 def vqgan_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The shared VQ-VAE's budget (squared error + VQ loss): ``quick`` is sized so that its validation PSNR
     has levelled off and the chapter runs in 3 minutes on two CPU cores; cosine decay of the rate."""
-    defaults = dict(steps=pick(8, 600, 40_000, profile=profile), batch_size=pick(8, 16, 32, profile=profile),
+    defaults = dict(steps=pick(8, 500, 40_000, profile=profile), batch_size=pick(8, 16, 32, profile=profile),
                     lr=pick(2e-3, 2e-3, 2e-4, profile=profile), betas=(0.5, 0.99), cosine=True,
                     eval_every=pick(4, 100, 5000, profile=profile), log_every=pick(2, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
@@ -63,7 +63,7 @@ def vqgan_train_config(profile: str | None = None, **overrides) -> TrainConfig:
 def fine_tune_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The budget of each decoder fine-tune, the same for both objectives; Adam's betas (0.5, 0.9) as in the
     paper's code, for the decoder and the discriminator."""
-    defaults = dict(steps=pick(4, 300, 20_000, profile=profile), batch_size=pick(8, 16, 32, profile=profile),
+    defaults = dict(steps=pick(4, 200, 20_000, profile=profile), batch_size=pick(8, 16, 32, profile=profile),
                     lr=pick(2e-4, 2e-4, 1e-4, profile=profile), betas=(0.5, 0.9), cosine=True,
                     log_every=pick(2, 10, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
@@ -142,13 +142,15 @@ def train_photo_vqgan_baseline(profile: str | None = None, **overrides) -> tuple
 
 
 def held_out_scores(x: torch.Tensor, x_hat: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Per crop: PSNR (dB), SSIM, spectral error, and the two-sample test's hits, for x, x_hat (N, 3, H, W).
+    """Per crop: PSNR (dB), SSIM, spectral error and the two-sample test's scores, for x, x_hat (N, 3, H, W).
 
     ``"psnr"``, ``"ssim"``, ``"spectral"`` are (N,) (``vqlib.judges.realism.spectral_error``: 0 is the
-    originals' spectrum); ``"two_sample"`` is (M,) 0/1, whether the classifier of
-    ``two_sample_test(x, x_hat, seed)`` was right on each of its M held-out images (mean: its accuracy,
-    0.5 = indistinguishable).
+    originals' spectrum). ``"two_sample"`` and ``"divergence"`` are (M,), for each of the M held-out
+    images of ``two_sample_test(x, x_hat, seed)``: whether its classifier was right (0/1; mean: the
+    accuracy, 0.5 = indistinguishable) and its share of the divergence bound (mean: the bound in bits).
+    The test's halves depend only on ``seed`` and N, so two models scored with the same seed are paired.
     """
     x_hat = x_hat.clamp(0, 1)
+    test = two_sample_test(x, x_hat, seed=seed)
     return {**per_image_scores(x, x_hat), "spectral": spectral_error(x_hat, x).float(),
-            "two_sample": two_sample_test(x, x_hat, seed=seed).hits.float()}
+            "two_sample": test.hits.float(), "divergence": test.bits.float()}
