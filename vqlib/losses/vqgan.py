@@ -95,7 +95,7 @@ class VQGANLoss(nn.Module):
         if self.adversarial(step):
             self.discriminator.requires_grad_(False)  # L_G trains the autoencoder only
             try:
-                g_loss = generator_loss(self.discriminator(out.x_hat))
+                g_loss = generator_loss(self.scores(x, out.x_hat)[1])
             finally:
                 self.discriminator.requires_grad_(True)
             lam = adaptive_weight(rec, g_loss, model.last_layer, self.config.delta, self.config.max_weight) \
@@ -104,8 +104,18 @@ class VQGANLoss(nn.Module):
             terms |= {"g_loss": g_loss.detach(), "lambda": lam}
         return {"loss": loss, **terms, "x_hat": out.x_hat}
 
+    def scores(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's logits of real x and of x_hat, from ONE batch of both.
+
+        Its BatchNorm then normalises real and reconstructed crops with the same statistics. Two
+        separate batches would each be normalised to the same mean and spread of every feature, hiding
+        from the discriminator any defect that all reconstructions share (a colour cast, speckle).
+        """
+        logits = self.discriminator(torch.cat([x, x_hat]))  # (2B, 1, h, w)
+        return logits[:len(x)], logits[len(x):]
+
     def discriminator_terms(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         """The discriminator's hinge loss on real x and (detached) reconstructions x_hat."""
-        logits_real, logits_fake = self.discriminator(x), self.discriminator(x_hat.detach())
+        logits_real, logits_fake = self.scores(x, x_hat.detach())
         return {"loss": discriminator_loss(logits_real, logits_fake),
                 "logits_real": logits_real.mean().detach(), "logits_fake": logits_fake.mean().detach()}
