@@ -232,6 +232,25 @@ def test_nan_input_stops_training_with_a_clear_error():
         fit(tiny_model(), GANStep(tiny_loss()), data, TrainConfig(steps=2, batch_size=8), progress=False)
 
 
+def test_the_discriminator_sees_real_and_reconstructed_crops_in_one_batch():
+    """With BatchNorm, two separate batches would each be normalised on their own, hiding a shared defect."""
+    model, criterion = tiny_model(), tiny_loss(disc_start=0)
+    sizes = []
+    criterion.discriminator.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+    x = torch.rand(4, 3, 16, 16)
+    terms = criterion.generator_terms(model, x, step=0)
+    d_terms = criterion.discriminator_terms(x, terms["x_hat"])
+    assert sizes == [8, 8]
+    with torch.no_grad():
+        real, fake = criterion.scores(x, terms["x_hat"])
+    assert real.shape == fake.shape == (4, 1, 6, 6)
+    assert d_terms["loss"].item() == pytest.approx(discriminator_loss_of(real, fake).item())
+
+
+def discriminator_loss_of(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
+
+
 def test_frozen_codes_train_the_decoder_only_and_keep_every_code():
     model = tiny_model(quantizer="ema")
     x = photo_batch().tensors[0]
