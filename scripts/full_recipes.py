@@ -31,9 +31,8 @@ from torch.utils.data import TensorDataset
 
 from vqlib.core.device import to_device
 from vqlib.core.inference import evaluating
-from vqlib.data.photos import TRAIN_PHOTOS
 from vqlib.judges.classifier import Classifier, ClassifierConfig, classifier_loss, mnist_classifier_train_config
-from vqlib.judges.photonet import PhotoNet, PhotoNetConfig, photo_net_loss
+from vqlib.judges.photonet import PhotoNet, PhotoNetConfig, photo_net_loss, photo_net_train_config
 from vqlib.judges.tracker import Tracker, TrackerConfig, logits_to_states, tracker_loss, tracker_train_config
 from vqlib.losses.discriminator import PatchGAN, PatchGANConfig
 from vqlib.losses.perceptual import PerceptualLoss
@@ -48,7 +47,7 @@ from vqlib.quantizers.factory import make_quantizer
 from vqlib.recipes.ch01_vae import vae_train_config
 from vqlib.recipes.ch02_vqvae import vqvae_train_config
 from vqlib.recipes.ch04_vqvae2 import photo_train_config, prior_config, prior_train_config
-from vqlib.recipes.ch05_vqgan import image_size, vqgan_loss_config, vqgan_train_config
+from vqlib.recipes.ch05_vqgan import OBJECTIVES, fine_tune_train_config, image_size, vqgan_train_config
 from vqlib.recipes.ch06_codebooks import COMPARED, comparison_model, comparison_training
 from vqlib.recipes.ch07_maskgit import mnist_maskgit_config, mnist_maskgit_train_config
 from vqlib.recipes.ch08_video_tokenizers import (TIME_MIXING, equal_bits_configs, time_mixing_configs,
@@ -64,7 +63,7 @@ from vqlib.tokenizers.superres import SuperResConfig, VideoSuperRes, superres_lo
 from vqlib.data.kth import CAPTIONS as KTH_ACTION_CAPTIONS
 from vqlib.tokenizers.vae import VAE, Autoencoder, VAEConfig, negative_elbo, reconstruction_loss
 from vqlib.tokenizers.video import FrameVQVAE, VideoVQVAE, VideoVQVAEConfig
-from vqlib.tokenizers.vqgan import VQGAN, VQGANConfig
+from vqlib.tokenizers.vqgan import VQGAN, FrozenCodes, VQGANConfig
 from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, vqvae_loss
 from vqlib.tokenizers.vqvae2 import VQVAE2, BottomPrior, VQVAE2Config, equal_bits_codebook_size
 from vqlib.training.gan import GANStep
@@ -75,8 +74,6 @@ FULL = "full"
 # Budgets that only a chapter states (copied; keep them equal to the chapter's ``full`` values)
 CH3_PRIOR_TRAINING = TrainConfig(steps=8000, batch_size=128, lr=1e-3, warmup_steps=200, cosine=True,
                                  log_every=100, eval_every=1000)  # chapters/03_priors.md, PRIOR_TRAINING
-CH5_PRIOR_TRAINING = TrainConfig(steps=20_000, batch_size=64, lr=5e-4, warmup_steps=500, cosine=True,
-                                 log_every=100)  # vqlib.recipes.ch05_vqgan.train_vqgan_prior
 CH8_CLIP = dict(frames=8, size=(24, 12), channels=3, hidden=32, res_hidden=16, res_blocks=1, codebook_size=64,
                 code_dim=16)  # chapters/08_video_tokenizers.md, cfg_clip
 CH8_CLIP_TRAINING = dict(steps=2000, batch_size=8)  # chapters/08_video_tokenizers.md, the clip's budget
@@ -229,20 +226,31 @@ def photo_baseline_prior() -> FullRun:
 
 # ----------------------------------------------------------------------------- chapter 5: VQGAN
 
-def photo_net(task: str) -> FullRun:
-    size, batch = image_size(FULL), 64 // (2 if task == "rotation" else 1)  # vqlib.judges.photonet.train_photo_net
-    config = TrainConfig(steps=3000, batch_size=batch, lr=3e-3, cosine=True, log_every=100)
-    return FullRun(PhotoNet(PhotoNetConfig.for_profile(task, FULL)), config,
-                   lambda n: (_images(n, 3, size), _labels(n, len(TRAIN_PHOTOS))), photo_net_loss,
+def photo_net() -> FullRun:
+    size = image_size(FULL)  # vqlib.judges.photonet.train_photo_net: Flowers-102 and its 102 classes
+    config = PhotoNetConfig.for_profile(FULL)
+    return FullRun(PhotoNet(config), photo_net_train_config(FULL),
+                   lambda n: (_images(n, 3, size), _labels(n, config.num_classes)), photo_net_loss,
                    lambda m, b: m.embed(b[0]))
 
 
+def photo_vqgan_vqvae() -> FullRun:
+    size = image_size(FULL)  # vqlib.recipes.ch05_vqgan.train_photo_vqvae: squared error + VQ loss
+    criterion = VQGANLoss(OBJECTIVES["mse"], None, None)
+
+    def loss_fn(model: VQGAN, batch: tuple) -> dict:
+        terms = criterion.generator_terms(model, batch[0], step=0)
+        terms.pop("x_hat")
+        return terms
+
+    return FullRun(VQGAN(VQGANConfig.for_profile(FULL)), vqgan_train_config(FULL), lambda n: (_images(n, 3, size),),
+                   loss_fn, _roundtrip, criterion=criterion, amp=False)  # as the recipe: GANStep, in float32
+
+
 def photo_vqgan() -> FullRun:
-    train_config = vqgan_train_config(FULL)
-    # the discriminator joins at once (in the recipe after 40% of the steps): its memory counts too
-    loss_config = dataclasses.replace(vqgan_loss_config(train_config), disc_start=0)
-    criterion = VQGANLoss(loss_config, PatchGAN(PatchGANConfig.for_profile(FULL)),
-                          PerceptualLoss(PhotoNet(PhotoNetConfig.for_profile("photo", FULL))))
+    # vqlib.recipes.ch05_vqgan.fine_tune_decoder(..., "vqgan"): the decoder alone, the discriminator from step 0
+    criterion = VQGANLoss(OBJECTIVES["vqgan"], PatchGAN(PatchGANConfig.for_profile(FULL)),
+                          PerceptualLoss(PhotoNet(PhotoNetConfig.for_profile(FULL))))
 
     def loss_fn(model: VQGAN, batch: tuple) -> dict:  # both networks' losses of one step, for the memory probe
         terms = criterion.generator_terms(model, batch[0], step=0)
@@ -250,17 +258,8 @@ def photo_vqgan() -> FullRun:
         return {**terms, "loss": terms["loss"] + d_terms["loss"]}
 
     size = image_size(FULL)
-    return FullRun(VQGAN(VQGANConfig.for_profile(FULL)), train_config, lambda n: (_images(n, 3, size),), loss_fn,
-                   _roundtrip, criterion=criterion, amp=False)  # as the recipe: the VQGAN trains in float32
-
-
-def photo_vqgan_prior() -> FullRun:
-    config = VQGANConfig.for_profile(FULL)
-    k, tokens = config.codebook_size, (image_size(FULL) // config.downsample) ** 2
-    gpt = GPT(GPTConfig.for_profile(k, tokens, num_classes=len(TRAIN_PHOTOS), profile=FULL))
-    return FullRun(gpt, CH5_PRIOR_TRAINING, lambda n: (torch.randint(k, (n, tokens)), _labels(n, len(TRAIN_PHOTOS))),
-                   prior_loss, lambda m, b: m.sample(len(b[0]), tokens, cond=b[1]), unit="tokens",
-                   per_example=tokens)
+    return FullRun(FrozenCodes(VQGANConfig.for_profile(FULL)), fine_tune_train_config(FULL),
+                   lambda n: (_images(n, 3, size),), loss_fn, _roundtrip, criterion=criterion, amp=False)
 
 
 # ----------------------------------------------------------------------------- chapters 6-7: codebooks, MaskGIT
@@ -445,10 +444,9 @@ RECIPES: dict[str, Callable[[], FullRun]] = {  # name -> builder; scripts/train.
     "photo-top-prior": photo_top_prior,
     "photo-bottom-prior": photo_bottom_prior,
     "photo-baseline-prior": photo_baseline_prior,
-    "photonet-photo": lambda: photo_net("photo"),  # chapter 5
-    "photonet-rotation": lambda: photo_net("rotation"),
+    "photonet": photo_net,  # chapter 5
+    "photo-vqgan-vqvae": photo_vqgan_vqvae,
     "photo-vqgan": photo_vqgan,
-    "photo-vqgan-prior": photo_vqgan_prior,
     **{f"codebooks-{name}": (lambda name=name: mnist_codebook(name)) for name in COMPARED},  # chapter 6
     "mnist-maskgit": mnist_maskgit,  # chapter 7
     "moving-mnist-video-vqvae": lambda: video_tokenizer("3d"),  # chapter 8

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from vqlib.data.photos import TRAIN_PHOTOS
-from vqlib.judges.photonet import PhotoNet, PhotoNetConfig, labelled_crops, photo_net_loss, task_batch
+from vqlib.data.photos import num_labels, photos
+from vqlib.judges.photonet import PhotoNet, PhotoNetConfig, hits, photo_net_loss, train_photo_net
 from vqlib.losses.perceptual import VGG16_TAPS, PerceptualLoss, VGG16Features, lpips_vgg, normalize_channels
 
 
-def tiny_net(task: str = "photo") -> PhotoNet:
+def tiny_net() -> PhotoNet:
     torch.manual_seed(0)
-    return PhotoNet(PhotoNetConfig(task=task, widths=(4, 8)))
+    return PhotoNet(PhotoNetConfig(widths=(4, 8)))
 
 
 def test_distance_matches_the_lpips_formula_by_hand():
@@ -81,36 +81,35 @@ def test_lpips_vgg_loads_weight_files_offline(tmp_path):
 
 # ----------------------------------------------------------------------------- the photo networks
 
-def test_labelled_crops_label_each_photograph():
-    data = labelled_crops(3, 16)
-    x, labels = data.tensors
-    assert x.shape == (3 * len(TRAIN_PHOTOS), 3, 16, 16) and 0 <= x.min() and x.max() <= 1
-    assert torch.equal(labels.bincount(), torch.full((len(TRAIN_PHOTOS),), 3))
-    assert not torch.equal(x, labelled_crops(3, 16, seed=1).tensors[0])
-
-
-def test_rotation_task_rotates_every_crop_four_ways():
-    x = torch.rand(2, 3, 8, 8)
-    inputs, targets = task_batch("rotation", x, torch.zeros(2, dtype=torch.long))
-    assert inputs.shape == (8, 3, 8, 8) and targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    torch.testing.assert_close(inputs[2], torch.rot90(x[0], 1, dims=(1, 2)))
+def test_config_takes_its_classes_from_the_data():
+    assert PhotoNetConfig.for_profile("quick").num_classes == num_labels("quick")
+    assert PhotoNetConfig.for_profile("full").num_classes == num_labels("full") == 102
+    with pytest.raises(ValueError, match="num_classes"):
+        PhotoNetConfig(num_classes=1)
 
 
 def test_photo_net_shapes_and_overfit():
-    net = tiny_net("rotation")
+    net = tiny_net()
     x = torch.rand(4, 3, 16, 16)
     assert [t.shape for t in net.taps(x)] == [(4, 4, 16, 16), (4, 8, 8, 8)]
-    assert net.embed(x).shape == (4, 8) and net(x).shape == (4, 4)
+    assert net.embed(x).shape == (4, 8) and net(x).shape == (4, 13)
     torch.manual_seed(0)
-    net = PhotoNet(PhotoNetConfig(task="photo", widths=(8, 16)))
-    batch = labelled_crops(2, 16).tensors
+    net = PhotoNet(PhotoNetConfig(widths=(8, 16)))
+    x, labels = photos("train", 16, "smoke", labelled=True).tensors
+    batch = x[:13], labels[:13]  # one crop of each image
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     first = photo_net_loss(net, batch)["loss"].item()
-    for _ in range(100):
+    for _ in range(200):
         loss = photo_net_loss(net, batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert loss.item() < first / 10
-    with pytest.raises(ValueError, match="task"):
-        PhotoNetConfig(task="jigsaw")
+    assert hits(net, *batch).mean() > 0.9 and hits(net, *batch).shape == (13,)
+
+
+def test_train_photo_net_trains_on_the_labelled_crops_and_scores_the_validation_crops():
+    net, history = train_photo_net(16, profile="smoke")
+    assert net.config.num_classes == num_labels("smoke") and history.steps == 10
+    x, labels = photos("val", 16, "smoke", labelled=True).tensors
+    assert history.last("accuracy") == pytest.approx(float(hits(net, x, labels).mean()))

@@ -3,13 +3,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from vqlib.data.photos import TRAIN_PHOTOS
 from vqlib.judges.photonet import PhotoNet, PhotoNetConfig
 from vqlib.losses.discriminator import PatchGAN, PatchGANConfig
 from vqlib.losses.perceptual import PerceptualLoss
 from vqlib.losses.vqgan import VQGANLoss, VQGANLossConfig, adaptive_weight
-from vqlib.recipes.ch05_vqgan import train_photo_vqgan, train_photo_vqgan_baseline, train_vqgan_prior
-from vqlib.tokenizers.vqgan import VQGAN, AttentionBlock, VQGANConfig
+from vqlib.recipes.ch05_vqgan import (OBJECTIVES, fine_tune_decoder, held_out_scores, train_photo_vqgan,
+                                      train_photo_vqgan_baseline, train_photo_vqvae)
+from vqlib.tokenizers.vqgan import VQGAN, AttentionBlock, FrozenCodes, VQGANConfig
 from vqlib.training.gan import GANStep
 from vqlib.training.loop import TrainConfig, fit
 
@@ -232,29 +232,65 @@ def test_nan_input_stops_training_with_a_clear_error():
         fit(tiny_model(), GANStep(tiny_loss()), data, TrainConfig(steps=2, batch_size=8), progress=False)
 
 
+def test_the_discriminator_sees_real_and_reconstructed_crops_in_one_batch():
+    """With BatchNorm, two separate batches would each be normalised on their own, hiding a shared defect."""
+    model, criterion = tiny_model(), tiny_loss(disc_start=0)
+    sizes = []
+    criterion.discriminator.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+    x = torch.rand(4, 3, 16, 16)
+    terms = criterion.generator_terms(model, x, step=0)
+    d_terms = criterion.discriminator_terms(x, terms["x_hat"])
+    assert sizes == [8, 8]
+    with torch.no_grad():
+        real, fake = criterion.scores(x, terms["x_hat"])
+    assert real.shape == fake.shape == (4, 1, 6, 6)
+    assert d_terms["loss"].item() == pytest.approx(discriminator_loss_of(real, fake).item())
+
+
+def discriminator_loss_of(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
+
+
+def test_frozen_codes_train_the_decoder_only_and_keep_every_code():
+    model = tiny_model(quantizer="ema")
+    x = photo_batch().tensors[0]
+    fit(model, GANStep(tiny_loss(pixel_loss="mse", perceptual_weight=0.0, disc_weight=0.0)), photo_batch(),
+        TrainConfig(steps=3, batch_size=4), progress=False)  # an EMA codebook initialised from data
+    frozen = FrozenCodes.of(model)
+    codes, encoder = model.encode(x), [p.clone() for p in frozen.encoder.parameters()]
+    codebook, decoder = frozen.quantizer.codebook.clone(), [p.clone() for p in frozen.decoder.parameters()]
+    fit(frozen, GANStep(tiny_loss(disc_start=0)), photo_batch(), TrainConfig(steps=4, batch_size=4), progress=False)
+    assert torch.equal(frozen.encode(x), codes) and torch.equal(frozen.quantizer.codebook, codebook)
+    assert all(torch.equal(a, b) for a, b in zip(frozen.encoder.parameters(), encoder))
+    assert not all(torch.equal(a, b) for a, b in zip(frozen.decoder.parameters(), decoder))
+    assert frozen.train().training and not frozen.encoder.training and not frozen.quantizer.training
+
+
 def test_recipes_run_in_smoke():
-    model, history = train_photo_vqgan(profile="smoke", steps=4, disc_start=2)
-    assert history.steps == 4 and {"psnr", "ssim", "fd"} <= set(history.eval[-1])
-    assert any("lambda" in r for r in history.train)
-    baseline, base_history = train_photo_vqgan_baseline(profile="smoke", steps=2)
-    assert not any("perceptual" in r or "lambda" in r for r in base_history.train)
-    gpt, prior_history = train_vqgan_prior(model, profile="smoke", steps=2)
-    assert gpt.config.num_classes == len(TRAIN_PHOTOS) and prior_history.steps == 2
+    model, history = train_photo_vqvae(profile="smoke")
+    assert history.steps == 8 and "psnr" in history.eval[-1]
+    assert not any("perceptual" in r or "lambda" in r for r in history.train)
+    x = torch.rand(2, 3, 16, 16)
+    tuned, tuned_history = fine_tune_decoder(model, "vqgan", profile="smoke", steps=3, seed=1)
+    assert tuned_history.steps == 3 and all("lambda" in r for r in tuned_history.train)  # no warm-up: the VQ-VAE was it
+    assert isinstance(tuned, FrozenCodes) and torch.equal(tuned.encode(x), model.encode(x))
+    control, control_history = train_photo_vqgan_baseline(profile="smoke", steps=2)
+    assert not any("perceptual" in r or "lambda" in r for r in control_history.train)
+    assert control.config == tuned.config == model.config
+    assert OBJECTIVES["vqgan"].disc_start == 0 and OBJECTIVES["mse"].disc_weight == 0
+    with pytest.raises(ValueError, match="unknown objective"):
+        fine_tune_decoder(model, "lpips", profile="smoke")
+    with pytest.raises(TypeError, match="unknown overrides"):
+        train_photo_vqgan(profile="smoke", colour=1)
 
 
-def test_frechet_ci_matches_the_two_distances_and_its_sign_follows_the_worse_model():
-    from vqlib.core.metrics import frechet_distance
-    from vqlib.recipes.ch05_vqgan import frechet_ci
-
+def test_held_out_scores_per_crop():
     g = torch.Generator().manual_seed(0)
-    real = torch.randn(200, 3, generator=g)
-    close = real + 0.1 * torch.randn(200, 3, generator=g)  # a model whose features match the real ones
-    far = 2 * real + 1  # one whose features do not
-    interval = frechet_ci(far, close, real, n_boot=200)
-    assert interval.estimate == pytest.approx(frechet_distance(far, real) - frechet_distance(close, real))
-    assert interval.low > 0 and interval.sign == 1 and (-interval).sign == -1
-    assert frechet_ci(far, close, real, n_boot=200) == interval  # seeded
-    same = frechet_ci(close, close, real, n_boot=200)
-    assert same.estimate == 0 and same.sign == 0
-    with pytest.raises(ValueError, match="same crops"):
-        frechet_ci(far[:10], close, real)
+    x = torch.rand(16, 3, 16, 16, generator=g)
+    scores = held_out_scores(x, x.clone())
+    assert set(scores) == {"psnr", "ssim", "spectral", "two_sample", "divergence"}
+    assert scores["divergence"].shape == (16,)
+    assert scores["spectral"].shape == (16,) and torch.all(scores["spectral"] == 0)
+    assert scores["two_sample"].shape == (16,) and set(scores["two_sample"].tolist()) <= {0.0, 1.0}
+    noisy = held_out_scores(x, (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1))
+    assert noisy["spectral"].mean() > 0.1 and noisy["psnr"].mean() < 20

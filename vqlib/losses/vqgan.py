@@ -7,10 +7,11 @@ Paper: Esser, Rombach and Ommer, "Taming Transformers for High-Resolution Image 
 
 with the hinge generator loss L_G of a PatchGAN (``vqlib.losses.discriminator``) and the adaptive weight
 
-    λ = ‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_G‖ + δ),   δ = 1e-4, clamped to [0, 10⁴] and not differentiated,
+    λ = ‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_G‖ + δ),   clamped to [0, 10⁴] and not differentiated,
 
 the gradients taken at the decoder's last layer G_L, so that the adversarial term never swamps
-the reconstruction. The discriminator, trained with its own hinge loss, joins only after
+the reconstruction. The paper writes δ = 10⁻⁶; the released taming-transformers code uses
+``torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4)``, and so does this module (``delta=1e-4``). The discriminator, trained with its own hinge loss, joins only after
 ``disc_start`` steps (the warm-up): before that the autoencoder learns to reconstruct.
 
 What is in it: ``VQGANLossConfig``, ``adaptive_weight`` and ``VQGANLoss`` (the discriminator, the
@@ -43,7 +44,7 @@ class VQGANLossConfig:
     perceptual_weight: float = 1.0  # w_p (the paper's code: 1.0); 0 = no perceptual term
     disc_weight: float = 1.0  # multiplies λ (the paper's code: 1.0); 0 = no discriminator at all
     disc_start: int = 0  # steps of warm-up before the adversarial term and the discriminator start
-    delta: float = 1e-4  # δ in λ's denominator
+    delta: float = 1e-4  # δ in λ's denominator: the released code's (the paper writes 1e-6)
     max_weight: float = 1e4  # λ is clamped to [0, max_weight]
 
     def __post_init__(self) -> None:
@@ -94,7 +95,7 @@ class VQGANLoss(nn.Module):
         if self.adversarial(step):
             self.discriminator.requires_grad_(False)  # L_G trains the autoencoder only
             try:
-                g_loss = generator_loss(self.discriminator(out.x_hat))
+                g_loss = generator_loss(self.scores(x, out.x_hat)[1])
             finally:
                 self.discriminator.requires_grad_(True)
             lam = adaptive_weight(rec, g_loss, model.last_layer, self.config.delta, self.config.max_weight) \
@@ -103,8 +104,18 @@ class VQGANLoss(nn.Module):
             terms |= {"g_loss": g_loss.detach(), "lambda": lam}
         return {"loss": loss, **terms, "x_hat": out.x_hat}
 
+    def scores(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's logits of real x and of x_hat, from ONE batch of both.
+
+        Its BatchNorm then normalises real and reconstructed crops with the same statistics. Two
+        separate batches would each be normalised to the same mean and spread of every feature, hiding
+        from the discriminator any defect that all reconstructions share (a colour cast, speckle).
+        """
+        logits = self.discriminator(torch.cat([x, x_hat]))  # (2B, 1, h, w)
+        return logits[:len(x)], logits[len(x):]
+
     def discriminator_terms(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         """The discriminator's hinge loss on real x and (detached) reconstructions x_hat."""
-        logits_real, logits_fake = self.discriminator(x), self.discriminator(x_hat.detach())
+        logits_real, logits_fake = self.scores(x, x_hat.detach())
         return {"loss": discriminator_loss(logits_real, logits_fake),
                 "logits_real": logits_real.mean().detach(), "logits_fake": logits_fake.mean().detach()}
