@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqlib.core.device import model_device
 from vqlib.core.nn import check_images
 from vqlib.core.profile import pick
 from vqlib.quantizers.factory import make_quantizer
@@ -249,7 +250,7 @@ class FrozenCodes(VQGAN):
     @classmethod
     def of(cls, model: VQGAN) -> FrozenCodes:
         """A copy of ``model`` (its config and weights, on its device) with the encoder and codebook frozen."""
-        frozen = cls(model.config).to(next(model.parameters()).device)
+        frozen = cls(model.config).to(model_device(model))
         frozen.load_state_dict(model.state_dict())
         return frozen
 
