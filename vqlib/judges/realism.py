@@ -175,9 +175,11 @@ class RealOrFake(nn.Module):
                                   nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
                                   nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
         self.head = nn.Linear(2 * width, 1)
+        self.to(memory_format=torch.channels_last)  # on a CPU, narrow convolutions run about twice as fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x - 0.5).mean(dim=(2, 3))).squeeze(1)
+        h = self.body((x - 0.5).contiguous(memory_format=torch.channels_last))
+        return self.head(h.mean(dim=(2, 3))).squeeze(1)
 
 
 def two_sample_test(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, steps: int = 300, batch_size: int = 32,

@@ -63,7 +63,7 @@ def vqgan_train_config(profile: str | None = None, **overrides) -> TrainConfig:
 def fine_tune_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The budget of each decoder fine-tune, the same for both objectives; Adam's betas (0.5, 0.9) as in the
     paper's code, for the decoder and the discriminator."""
-    defaults = dict(steps=pick(4, 120, 20_000, profile=profile), batch_size=pick(8, 16, 32, profile=profile),
+    defaults = dict(steps=pick(4, 100, 20_000, profile=profile), batch_size=pick(8, 16, 32, profile=profile),
                     lr=pick(2e-4, 2e-4, 1e-4, profile=profile), betas=(0.5, 0.9), cosine=True,
                     log_every=pick(2, 10, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
