@@ -5,9 +5,9 @@ What is in it: ``train_photo_vqvae2`` (the two-level model of ``vqlib.tokenizers
 two-level model's code bits, ``equal_bits_codebook_size``), both trained by ``fit_on_photos`` on
 ``photos("train")`` and scored as they train on ``photos("val")`` (``image_scores``: PSNR and SSIM;
 ``per_image_scores`` gives one number per image, for ``bootstrap_ci``); ``train_photo_priors`` (stage 2,
-a GPT over the top codes; stage 3, a ``BottomPrior`` GPT over the bottom codes given the top, also
-trained alone with another seed by ``train_bottom_prior``) and ``train_baseline_prior`` (a GPT of the
-same size and budget over the baseline's codes); ``sample_two_levels`` and ``sample_one_level``;
+a GPT over the top codes, ``train_map_prior``; stage 3, a ``BottomPrior`` GPT over the bottom codes given the top, also
+trained alone with another seed by ``train_bottom_prior``) and ``train_baseline_prior`` (``train_map_prior``
+over the baseline's codes: the same size and budget); ``sample_two_levels`` and ``sample_one_level``;
 ``position_dependence`` (which earlier codes a GPT's prediction can see); ``spectrum_features`` (the
 feature space of the samples' Fréchet distance). Every recipe trains once per profile and config,
 then loads from the checkpoint cache.
@@ -133,11 +133,8 @@ def train_photo_priors(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, p
     reads a map flattened, (N, ht·wt): attention lets its last position see every earlier one. Both
     priors are cached, keyed by the codes. Returns (top prior, bottom prior, {"top": History, "bottom": History}).
     """
-    config = prior_train_config(profile)
-    seed_everything(config.seed)
-    top_prior = GPT(prior_config(model.config.codebook_size, top[0].numel(), profile))
-    top_history = train_prior(top_prior, top.flatten(1), config, "photo-top-prior",
-                              test=None if val is None else (val[0].flatten(1), None))
+    top_prior, top_history = train_map_prior("photo-top-prior", top, model.config.codebook_size, profile,
+                                             None if val is None else val[0])
     bottom_prior, bottom_history = train_bottom_prior(model, top, bottom, profile, val)
     return top_prior, bottom_prior, {"top": top_history, "bottom": bottom_history}
 
@@ -159,18 +156,23 @@ def train_bottom_prior(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, p
     return prior, history
 
 
-def train_baseline_prior(baseline: VQVAE, codes: torch.Tensor, profile: str | None = None,
-                         val: torch.Tensor | None = None) -> tuple[GPT, History]:
-    """The one-level baseline's prior: a GPT of the bottom prior's size and budget over its codes (N, h, w).
+def train_map_prior(name: str, codes: torch.Tensor, codebook_size: int, profile: str | None = None,
+                    val: torch.Tensor | None = None) -> tuple[GPT, History]:
+    """A GPT over code maps (N, h, w) in raster order, of the chapter's prior size and budget, cached as ``name``.
 
     ``val``: validation codes (N', h, w), whose bits per code the history records. Cached, keyed by the codes.
     """
     config = prior_train_config(profile)
     seed_everything(config.seed)
-    prior = GPT(prior_config(baseline.config.codebook_size, codes[0].numel(), profile))
-    history = train_prior(prior, codes.flatten(1), config, "photo-baseline-prior",
-                          test=None if val is None else (val.flatten(1), None))
+    prior = GPT(prior_config(codebook_size, codes[0].numel(), profile))
+    history = train_prior(prior, codes.flatten(1), config, name, test=None if val is None else (val.flatten(1), None))
     return prior, history
+
+
+def train_baseline_prior(baseline: VQVAE, codes: torch.Tensor, profile: str | None = None,
+                         val: torch.Tensor | None = None) -> tuple[GPT, History]:
+    """The one-level baseline's prior: ``train_map_prior`` over its codes (N, h, w), the top prior's size and budget."""
+    return train_map_prior("photo-baseline-prior", codes, baseline.config.codebook_size, profile, val)
 
 
 @torch.no_grad()

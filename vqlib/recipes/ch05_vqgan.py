@@ -36,7 +36,7 @@ from vqlib.recipes.ch04_vqvae2 import per_image_scores
 from vqlib.tokenizers.vqgan import VQGAN, FrozenCodes, VQGANConfig
 from vqlib.training.checkpoints import checkpoint_path, data_digest
 from vqlib.training.gan import GANStep
-from vqlib.training.loop import History, TrainConfig, fit
+from vqlib.training.loop import History, TrainConfig, fit, split_overrides
 
 # the two decoder objectives at the same codes: the control, and VQGAN's (the paper's weights)
 OBJECTIVES: dict[str, VQGANLossConfig] = {
@@ -80,9 +80,9 @@ def train_photo_vqvae(profile: str | None = None, **overrides) -> tuple[VQGAN, H
     Scored as it trains by its PSNR on ``photos("val")`` ("psnr"). ``overrides`` set fields of
     VQGANConfig or TrainConfig.
     """
-    model_fields = {f.name for f in dataclasses.fields(VQGANConfig)}
-    model_config = VQGANConfig.for_profile(profile, **{k: v for k, v in overrides.items() if k in model_fields})
-    train_config = vqgan_train_config(profile, **{k: v for k, v in overrides.items() if k not in model_fields})
+    model_overrides, train_overrides = split_overrides(overrides, VQGANConfig)
+    model_config = VQGANConfig.for_profile(profile, **model_overrides)
+    train_config = vqgan_train_config(profile, **train_overrides)
     size = image_size(profile)
     train, val = photos("train", size, profile), photos("val", size, profile).tensors[0]
     seed_everything(train_config.seed)
