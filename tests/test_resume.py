@@ -251,3 +251,24 @@ def test_sigkill_during_a_save_and_under_torchrun_then_resume_on_other_process_c
     assert_bit_identical(torch.load(tmp_path / "one-clean-then-two.pt"), torch.load(tmp_path / "one-then-two.pt"))
     assert_bit_identical(resume_worker.run(tmp_path / "two-clean-then-one.pt", two_clean, STEPS, None),
                          resume_worker.run(tmp_path / "two-then-one.pt", two, STEPS, None))
+
+
+def test_fit_leaves_the_callers_generators_as_a_warm_load_does(tmp_path):
+    """After fit, torch's global generator is where it was before fit, whether fit trained (a cold
+    cache) or loaded the finished checkpoint (a warm one): the chapters print the same numbers both ways.
+    Dropout makes training draw random numbers, so without the fork the two would differ."""
+    path = tmp_path / "dropout.pt"
+    config = TrainConfig(steps=5, batch_size=8, lr=1e-2, log_every=5)
+
+    def run() -> torch.Tensor:
+        torch.manual_seed(123)
+        fit(Dropout(), mse, data(), config, checkpoint=path, progress=False)
+        return torch.rand(4)
+
+    cold = run()
+    assert path.exists()
+    warm = run()
+    torch.manual_seed(123)
+    Dropout()  # the model is built (and draws its initial weights) before fit, in both runs
+    assert torch.equal(cold, warm)
+    assert torch.equal(cold, torch.rand(4))

@@ -18,7 +18,9 @@ Launched by ``torchrun``, the same call trains on several processes (see ``vqlib
 progress and writes checkpoints, which resume on any number of processes.
 
 Randomness: a fresh run seeds torch with ``config.seed``; the batch order depends only on
-(seed, step). A checkpoint keeps the random generators of every process (the CPU's and, on CUDA,
+(seed, step). Training draws from a fork of torch's generators (``torch.random.fork_rng``), so after
+``fit`` the caller's generators are where they were before it, whether it trained, resumed or only
+loaded a finished checkpoint: a chapter run from a warm cache prints what a cold run prints. A checkpoint keeps the random generators of every process (the CPU's and, on CUDA,
 the device's), so dropout, dead-code restarts and masking continue as if never interrupted. On
 resuming, process r restores the state saved by process r; a process the saving run did not have
 takes process 0's state, as every process of a fresh run starts from the same seed.
@@ -300,46 +302,50 @@ def fit(model: nn.Module, step: LossFn | Step, data: Dataset, config: TrainConfi
     counts: dict[str, int] = {}  # terms that only some steps have are averaged over those steps
     count = 0
     batches = training_batches(data, config.batch_size, config.seed, history.steps, dist.rank(), dist.world_size())
-    if ckpt is None:
-        torch.manual_seed(config.seed)  # a fresh run: the same noise every time
-    else:  # a resumed run: the noise the interrupted run would have drawn next
-        restore_rng(ckpt["rng"], device, config.seed + history.steps)
-    history.stopped = ""
-    try:
-        for i in range(history.steps, end):
-            batch = to_device(next(batches), device, non_blocking=True)
-            try:
-                terms = trainer(batch, i)
-            except FloatingPointError as err:  # say what is on disk
-                err.args = (f"{err} {intact()}",)
-                raise
-            history.steps = i + 1
-            history.seconds = seconds_before + time.perf_counter() - started
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-                counts[k] = counts.get(k, 0) + 1
-            count += 1
-            last = history.steps == end or _out_of_time(history.seconds - seconds_before, config, device)
-            if count == config.log_every or last:
-                means = _mean_over_processes({k: sums[k] / counts[k] for k in sums}, device)
-                history.train.append({"step": history.steps, **means})
-                if bar is not None and "loss" in means:
-                    bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
-                sums, counts, count = {}, {}, 0
-            if last:
-                history.stopped = ("steps" if history.steps == config.steps else
-                                   "stop_at" if history.steps == end else "time")
-            if eval_fn is not None and (last or (config.eval_every and history.steps % config.eval_every == 0)):
-                history.eval.append({"step": history.steps, **_evaluate(model, eval_fn)})
-            if last or history.steps % config.checkpoint_every == 0:
-                save()
+    # training draws from its own fork of the global generators, so the caller's random numbers after
+    # fit are the same whether it trained or loaded a finished checkpoint (a warm run equals a cold one)
+    forked = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        if ckpt is None:
+            torch.manual_seed(config.seed)  # a fresh run: the same noise every time
+        else:  # a resumed run: the noise the interrupted run would have drawn next
+            restore_rng(ckpt["rng"], device, config.seed + history.steps)
+        history.stopped = ""
+        try:
+            for i in range(history.steps, end):
+                batch = to_device(next(batches), device, non_blocking=True)
+                try:
+                    terms = trainer(batch, i)
+                except FloatingPointError as err:  # say what is on disk
+                    err.args = (f"{err} {intact()}",)
+                    raise
+                history.steps = i + 1
+                history.seconds = seconds_before + time.perf_counter() - started
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    counts[k] = counts.get(k, 0) + 1
+                count += 1
+                last = history.steps == end or _out_of_time(history.seconds - seconds_before, config, device)
+                if count == config.log_every or last:
+                    means = _mean_over_processes({k: sums[k] / counts[k] for k in sums}, device)
+                    history.train.append({"step": history.steps, **means})
+                    if bar is not None and "loss" in means:
+                        bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
+                    sums, counts, count = {}, {}, 0
+                if last:
+                    history.stopped = ("steps" if history.steps == config.steps else
+                                       "stop_at" if history.steps == end else "time")
+                if eval_fn is not None and (last or (config.eval_every and history.steps % config.eval_every == 0)):
+                    history.eval.append({"step": history.steps, **_evaluate(model, eval_fn)})
+                if last or history.steps % config.checkpoint_every == 0:
+                    save()
+                if bar is not None:
+                    bar.update(1)
+                if last:
+                    break
+        finally:
             if bar is not None:
-                bar.update(1)
-            if last:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
     dist.barrier()  # the checkpoint is complete before any process reads it
     if main and not show:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in history.train[-1].items() if k != "step")
