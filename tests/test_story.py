@@ -11,8 +11,10 @@ from vqlib.data.stories import (POSITIONS, Plan, State, StoryConfig, character_s
 from vqlib.judges.panels import (InstanceJudge, InstanceJudgeConfig, PanelJudge, PanelJudgeConfig, ink_crop,
                                  panel_pairs, read_panels)
 from vqlib.priors.story_prior import StoryPrior, StoryPriorConfig, logits_of_zeros, story_prior_loss
-from vqlib.recipes.ch10_stories import (Conditions, caption_words, conditions, consistency, edit_codes,
-                                        edit_masks, edit_plans, illustrate, illustrate_like_seed004)
+from vqlib.recipes.ch10_stories import (Conditions, caption_words, choose_sampler, conditions, consistency,
+                                        edit_codes, edit_masks, edit_plans, illustrate, illustrate_like_seed004,
+                                        panel_tokenizer_config)
+from vqlib.tokenizers.vqvae import VQVAE
 
 CONFIG = StoryConfig()
 
@@ -200,3 +202,23 @@ def test_against_target_reads_the_interval():
     assert against_target(Interval(70, 65, 75), 70) == "is within noise of the target"
     with pytest.raises(TypeError, match="Interval"):
         against_target(0.8, 0.7)
+
+
+def test_the_sampler_is_chosen_by_the_best_mean_rate_on_the_stories_given(digits):
+    stories = make_stories(*digits["test"], 4, CONFIG)
+    torch.manual_seed(0)
+    tokenizer = VQVAE(panel_tokenizer_config("smoke")).eval()
+    prior, words = _prior(k=tokenizer.config.codebook_size)
+    judge = PanelJudge(PanelJudgeConfig.for_profile(3, 3, profile="smoke")).eval()
+    instance = InstanceJudge(InstanceJudgeConfig.for_profile(profile="smoke")).eval()
+    grid = ((1.0, 0.5), (3.0, 1.0))
+    choice = choose_sampler(prior, tokenizer, stories, words, judge, instance, grid)
+    assert list(choice.table) == list(grid)
+    for rates in choice.table.values():
+        assert set(rates) == {"digit", "position", "size", "colour", "style", "consistency", "mean"}
+        assert all(0 <= v <= 1 for v in rates.values())
+        assert rates["mean"] == pytest.approx(sum(v for k, v in rates.items() if k != "mean") / 6)
+    best = max(grid, key=lambda g: choice.table[g]["mean"])
+    assert choice.guidance == (best[0], 1.0, 1.0) and choice.temperature == best[1]
+    with pytest.raises(ValueError, match="at least one"):
+        choose_sampler(prior, tokenizer, stories, words, judge, instance, ())

@@ -7,8 +7,8 @@ tokenizer (``train_panel_tokenizer``: the book's ``VQVAE`` on RGB panels), the p
 with its caption, style and the codes of its character sheet), the samplers (``illustrate``: token by
 token with the cache; ``illustrate_like_seed004``: seed 004's one pass over zeros, every position
 drawn independently; without the character it is the "independent panels" baseline), the
-measurements (``consistency``, ``mixed_characters``, ``faithfulness``) and editing (``edit_plans``,
-``edit_masks``, ``edit_codes``).
+measurements (``consistency``, ``mixed_characters``, ``faithfulness``), the sampler's settings chosen on
+validation stories (``choose_sampler``) and editing (``edit_plans``, ``edit_masks``, ``edit_codes``).
 
 Dimension key: N stories, P panels per story, S panel side, h w code grid, K codebook size, f the
 tokenizer's downsampling factor.
@@ -226,6 +226,44 @@ def faithfulness(judge: PanelJudge, panels: torch.Tensor, truth: dict[str, torch
     """Per panel (M, 3, S, S) and head, 1.0 if the judge reads back what it should show -> {head: (M,)}."""
     read = read_panels(judge, panels)
     return {k: (read[k] == truth[k]).float() for k in HEADS}
+
+
+# ----------------------------------------------------------------------------- the sampler's settings
+
+SAMPLER_GRID = tuple(itertools.product((1.0, 2.0, 3.0), (0.5, 1.0)))  # (character weight, temperature)
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    guidance: tuple[float, float, float]  # (character, style, caption): the chosen character weight, then 1, 1
+    temperature: float
+    table: dict[tuple[float, float], dict[str, float]]  # (w_char, temperature) -> each rate (0-1), and their "mean"
+
+
+def choose_sampler(prior: StoryPrior, tokenizer: VQVAE, stories: Stories, words: CaptionTokenizer,
+                   panel_judge: PanelJudge, instance_judge: InstanceJudge,
+                   grid: tuple[tuple[float, float], ...] = SAMPLER_GRID, seed: int = 0) -> SamplerChoice:
+    """The character weight and temperature of ``grid`` under which validation ``stories`` score best.
+
+    Each setting illustrates every story (style and caption weights 1) and is scored by the six rates
+    the chapter's targets are about: the panel judge's read-back of the digit, position, size, colour
+    and style, and the share of stories the instance judge finds consistent; the best setting has the
+    highest mean of the six.
+    """
+    if not grid:
+        raise ValueError("grid must hold at least one (character weight, temperature) pair")
+    cond = conditions(stories, words, encode(tokenizer, stories.sheets))
+    truth = panel_truth(stories)
+    c = stories.config
+    table = {}
+    for w_char, temperature in grid:
+        codes = illustrate(prior, cond, (w_char, 1.0, 1.0), temperature, seed=seed)
+        x = decode(tokenizer, codes).view(len(stories), c.panels, 3, c.side, c.side)
+        rates = {k: float(v.mean()) for k, v in faithfulness(panel_judge, x.flatten(0, 1), truth).items()}
+        rates["consistency"] = float(consistency(instance_judge, x).mean())
+        table[(w_char, temperature)] = {**rates, "mean": sum(rates.values()) / len(rates)}
+    w_char, temperature = max(table, key=lambda k: table[k]["mean"])
+    return SamplerChoice((w_char, 1.0, 1.0), temperature, table)
 
 
 # ----------------------------------------------------------------------------- editing in code space
