@@ -222,3 +222,33 @@ def test_the_sampler_is_chosen_by_the_best_mean_rate_on_the_stories_given(digits
     assert choice.guidance == (best[0], 1.0, 1.0) and choice.temperature == best[1]
     with pytest.raises(ValueError, match="at least one"):
         choose_sampler(prior, tokenizer, stories, words, judge, instance, ())
+
+
+def test_a_leaning_character_tips_its_top_and_only_full_stories_lean(digits):
+    from vqlib.data.stories import LEANS, lean
+
+    bar = torch.zeros(3, 1, 28, 28)
+    bar[..., 4:24, 13:15] = 1  # a vertical stroke through the centre
+    tipped = lean(bar, torch.arange(3))
+    columns = torch.arange(28.0)
+
+    def centre(rows):  # the mean column of the ink in some rows, per image
+        ink = tipped[:, 0, rows].sum(1)
+        return (ink * columns).sum(1) / ink.sum(1)
+
+    top, bottom = centre(slice(4, 9)), centre(slice(19, 24))
+    assert LEANS[1] == "leaning left" and top[1] < 13 < bottom[1]
+    assert LEANS[2] == "leaning right" and top[2] > 14 > bottom[2]
+    torch.testing.assert_close(tipped[0], bar[0], atol=1e-5, rtol=0)  # upright: unchanged
+
+    full = StoryConfig.for_profile("full")
+    stories = make_stories(*digits["train"], 30, full)
+    assert stories.leans.shape == (30, full.panels) and set(stories.leans.unique().tolist()) == {0, 1, 2}
+    i, p = map(int, (stories.leans > 0).nonzero()[0])
+    assert LEANS[int(stories.leans[i, p])] in stories.captions(i)[p]
+    assert any(s.startswith("it leans") or s == "it stands up straight" for s in stories.sentences(i))
+    quick = make_stories(*digits["train"], 30, CONFIG)
+    assert not quick.leans.any() and not any("leaning" in c for c in quick.all_captions())
+    with pytest.raises(ValueError, match="leans"):
+        draw(bar, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), torch.rand(3, 3),
+             torch.zeros(3, dtype=torch.long), CONFIG, leans=torch.full((3,), 3))

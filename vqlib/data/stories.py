@@ -3,7 +3,7 @@
 A *story* is a strip of panels. Its character is one real handwritten digit (one MNIST instance: its
 writer's shape is its identity). The first sentence introduces it ("a small red seven stands at the
 top left"); every later sentence changes one thing ("it jumps to the bottom right", "it grows", "it
-shrinks", "it turns blue"). Each panel shows the character in the state the story has reached,
+shrinks", "it turns blue"; in ``full`` also "it leans left"). Each panel shows the character in the state the story has reached,
 drawn in the story's **style**, a real image transformation of the same drawing:
 
 - ``ink``: coloured ink on cream paper, the drawing as it is;
@@ -11,11 +11,13 @@ drawn in the story's **style**, a real image transformation of the same drawing:
 - ``watercolour``: a blurred, translucent colour wash on slightly uneven paper;
 - ``pixel art`` (``full``): the drawing on a 2×2 pixel grid, thresholded, in flat colour.
 
-What is in it: the vocabularies (``DIGIT_NAMES``, ``POSITIONS``, ``SIZES``, ``COLOURS``, ``STYLES``),
-``StoryConfig`` (panel side, panels per story, which colours and styles; ``for_profile``), ``Plan``
+What is in it: the vocabularies (``DIGIT_NAMES``, ``POSITIONS``, ``SIZES``, ``COLOURS``, ``STYLES``,
+``LEANS``), ``StoryConfig`` (panel side, panels per story, which colours and styles, whether the
+character leans; ``for_profile``), ``Plan``
 (one story as a first state and a list of actions, with its states, sentences and the *captions*
 that say what each panel shows, and ``edited`` to change one sentence), ``draw`` (digits -> panels:
-``place`` the ink in its corner, then ``paint`` it in a colour and a style), ``character_sheet``
+``lean`` them if the story rotates them, ``place`` the ink in its corner, then ``paint`` it in a colour
+and a style), ``character_sheet``
 (the character drawn centred, large, in grey pencil, in the story's style), ``digit_box`` (where a
 panel's drawing lies) and ``make_stories`` (seeded stories of one MNIST split: train, validation
 and test stories use disjoint digit instances).
@@ -26,6 +28,7 @@ Dimension key: N stories (or panels), P panels per story, S panel side, C = 3 co
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +44,10 @@ SIZES = ("small", "large")
 COLOURS = {"red": (0.85, 0.12, 0.10), "green": (0.10, 0.60, 0.20), "blue": (0.12, 0.30, 0.90),
            "yellow": (0.92, 0.72, 0.05)}
 STYLES = ("ink", "chalk", "watercolour", "pixel art")
-ACTIONS = ("jump", "grow", "shrink", "turn")  # what a later sentence does
+ACTIONS = ("jump", "grow", "shrink", "turn", "lean")  # what a later sentence does ("lean": only with lean=True)
+LEANS = ("upright", "leaning left", "leaning right")  # a drawing's pose: rotated by LEAN_DEGREES (counter-clockwise)
+LEAN_DEGREES = (0.0, 25.0, -25.0)
+LEAN_SENTENCES = ("it stands up straight", "it leans left", "it leans right")
 PAPER, BOARD, GRID = (0.96, 0.95, 0.90), (0.13, 0.20, 0.17), (0.80, 0.86, 0.95)  # backgrounds
 SHEET_INK = (0.35, 0.35, 0.35)  # the character sheet's grey pencil: visible on paper and on a board
 
@@ -56,6 +62,7 @@ class StoryConfig:
     stroke: int = 1  # pixels by which a 28x28 digit's strokes are thickened before it is shrunk (0: as written)
     colours: tuple[str, ...] = ("red", "green", "blue")
     styles: tuple[str, ...] = ("ink", "chalk", "watercolour")
+    lean: bool = False  # stories may also rotate the character ("it leans left"): the fifth action
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "colours", tuple(self.colours))
@@ -73,7 +80,8 @@ class StoryConfig:
     def for_profile(cls, profile: str | None = None, **overrides) -> "StoryConfig":
         """The book's stories for a profile: ``full`` has larger panels, longer stories, more colours and styles."""
         sizes = pick(smoke=dict(), quick=dict(),
-                     full=dict(side=32, panels=5, large=24, small=16, colours=tuple(COLOURS), styles=STYLES),
+                     full=dict(side=32, panels=5, large=24, small=16, colours=tuple(COLOURS), styles=STYLES,
+                               lean=True),
                      profile=profile)
         return cls(**{**sizes, **overrides})
 
@@ -85,33 +93,47 @@ class State:
     position: int  # index into POSITIONS
     size: int  # index into SIZES
     colour: int  # index into the config's colours
+    lean: int = 0  # index into LEANS: upright, or rotated by LEAN_DEGREES
 
 
 def apply_action(state: State, kind: str, value: int) -> State:
-    """The state after one action: ("jump", position), ("grow", -1), ("shrink", -1) or ("turn", colour)."""
+    """The state after one action: ("jump", position), ("grow", -1), ("shrink", -1), ("turn", colour) or
+    ("lean", pose)."""
     if kind not in ACTIONS:
         raise ValueError(f"unknown action {kind!r}: expected one of {ACTIONS}")
     if kind == "jump":
         return dataclasses.replace(state, position=value)
     if kind == "turn":
         return dataclasses.replace(state, colour=value)
+    if kind == "lean":
+        return dataclasses.replace(state, lean=value)
     return dataclasses.replace(state, size=int(kind == "grow"))
 
 
 def sentence(kind: str, value: int, colours: tuple[str, ...]) -> str:
-    """The sentence of one action: "it jumps to the top right", "it grows", "it turns blue"."""
+    """The sentence of one action: "it jumps to the top right", "it grows", "it turns blue", "it leans left"."""
     if kind == "jump":
         return f"it jumps to the {POSITIONS[value]}"
     if kind == "turn":
         return f"it turns {colours[value]}"
+    if kind == "lean":
+        return LEAN_SENTENCES[value]
     return f"it {kind}s"
+
+
+def caption(digit: int, state: State, colours: tuple[str, ...]) -> str:
+    """What a panel shows: "a large blue seven at the top right", "a small red two leaning left at the
+    bottom left" (an upright drawing names no pose)."""
+    pose = "" if state.lean == 0 else f" {LEANS[state.lean]}"
+    return f"a {SIZES[state.size]} {colours[state.colour]} {DIGIT_NAMES[digit]}{pose} at the {POSITIONS[state.position]}"
 
 
 @dataclass(frozen=True)
 class Plan:
     """One story: its character's digit class, the first panel's state and one action per later panel.
 
-    An action is ``(kind, value)``: ("jump", position), ("grow", -1), ("shrink", -1), ("turn", colour).
+    An action is ``(kind, value)``: ("jump", position), ("grow", -1), ("shrink", -1), ("turn", colour),
+    ("lean", pose). An upright character's sentences and captions name no pose.
     """
 
     digit: int
@@ -133,8 +155,7 @@ class Plan:
 
     def captions(self, colours: tuple[str, ...]) -> list[str]:
         """What each panel shows, the story so far resolved: "a large blue seven at the top right"."""
-        return [f"a {SIZES[s.size]} {colours[s.colour]} {DIGIT_NAMES[self.digit]} at the {POSITIONS[s.position]}"
-                for s in self.states()]
+        return [caption(self.digit, s, colours) for s in self.states()]
 
     def edited(self, panel: int, value: int) -> "Plan":
         """The story with sentence ``panel`` (>= 1, a jump or a turn) changed to jump to / turn ``value``;
@@ -159,11 +180,14 @@ def random_plan(rng: np.random.Generator, digit: int, config: StoryConfig) -> Pl
                   int(rng.integers(len(config.colours))))
     actions, state = [], first
     for _ in range(config.panels - 1):
-        kind = ("jump", "size", "turn")[int(rng.integers(3))]
+        kinds = ("jump", "size", "turn", "lean") if config.lean else ("jump", "size", "turn")
+        kind = kinds[int(rng.integers(len(kinds)))]
         if kind == "jump":
             action = ("jump", int(rng.choice([p for p in range(len(POSITIONS)) if p != state.position])))
         elif kind == "turn":
             action = ("turn", int(rng.choice([c for c in range(len(config.colours)) if c != state.colour])))
+        elif kind == "lean":
+            action = ("lean", int(rng.choice([a for a in range(len(LEANS)) if a != state.lean])))
         else:
             action = ("shrink", -1) if state.size == 1 else ("grow", -1)
         actions.append(action)
@@ -198,16 +222,19 @@ def check_digit_images(digits: torch.Tensor) -> None:
 
 
 def draw(digits: torch.Tensor, positions: torch.Tensor, sizes: torch.Tensor, colours: torch.Tensor,
-         styles: torch.Tensor, config: StoryConfig, seed: int = 0) -> torch.Tensor:
+         styles: torch.Tensor, config: StoryConfig, seed: int = 0, leans: torch.Tensor | None = None) -> torch.Tensor:
     """Panels of digits (N, 1, 28, 28) at positions, sizes (N,) long, in colours (N, 3) float RGB and
-    styles (N,) long (indices into ``config.styles``) -> (N, 3, S, S) in [0, 1]. ``seed`` fixes the
-    chalk grain and the paper's texture."""
+    styles (N,) long (indices into ``config.styles``), upright or in the poses ``leans`` (N,) long
+    (indices into LEANS) -> (N, 3, S, S) in [0, 1]. ``seed`` fixes the chalk grain and the paper's texture."""
     check_digit_images(digits)
     n, s = len(digits), config.side
+    leans = torch.zeros(n, dtype=torch.long) if leans is None else leans
     for name, v, k in (("positions", positions, len(POSITIONS)), ("sizes", sizes, len(SIZES)),
-                       ("styles", styles, len(config.styles))):
+                       ("styles", styles, len(config.styles)), ("leans", leans, len(LEANS))):
         if v.shape != (n,) or v.dtype != torch.long or v.min() < 0 or v.max() >= k:
             raise ValueError(f"{name} must be (N,) = ({n},) long in [0, {k}), got {v.dtype} {tuple(v.shape)}")
+    if leans.any():
+        digits = lean(digits, leans)
     ink = digits.new_zeros(n, 1, s, s)  # (N, 1, S, S): how much ink covers each pixel
     for size in range(len(SIZES)):
         for position in range(len(POSITIONS)):
@@ -215,6 +242,16 @@ def draw(digits: torch.Tensor, positions: torch.Tensor, sizes: torch.Tensor, col
             if rows.any():
                 ink[rows] = place(digits[rows], *digit_box(position, size, config), config)
     return paint(ink, colours, styles, config, seed)
+
+
+def lean(digits: torch.Tensor, leans: torch.Tensor) -> torch.Tensor:
+    """Digits (N, 1, 28, 28) rotated about the image centre by LEAN_DEGREES[leans] ((N,) long),
+    counter-clockwise as seen, so that "leaning left" tips the top of the drawing to the left."""
+    angles = torch.tensor(LEAN_DEGREES, dtype=digits.dtype)[leans.cpu()].to(digits.device) * (math.pi / 180)
+    cos, sin, zero = angles.cos(), angles.sin(), torch.zeros_like(angles)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(digits.shape), align_corners=False)  # output pixel -> where to read
+    return F.grid_sample(digits, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def place(digits: torch.Tensor, top: int, left: int, side: int, config: StoryConfig) -> torch.Tensor:
@@ -288,6 +325,7 @@ class Stories:
     positions: torch.Tensor  # (N, P) long
     sizes: torch.Tensor  # (N, P) long
     colours: torch.Tensor  # (N, P) long: index into config.colours
+    leans: torch.Tensor  # (N, P) long: index into LEANS (all 0, upright, unless config.lean)
     panels: torch.Tensor  # (N, P, 3, S, S) float in [0, 1]
     sheets: torch.Tensor  # (N, 3, S, S): each character's sheet
 
@@ -306,19 +344,19 @@ class Stories:
 
 
 def render(plans: tuple[Plan, ...], images: torch.Tensor, styles: torch.Tensor, config: StoryConfig,
-           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw every panel of ``plans`` with the characters ``images`` (N, 1, 28, 28) and ``styles`` (N,)
-    -> panels (N, P, 3, S, S) and the states: positions, sizes, colours (N, P) long."""
+    -> panels (N, P, 3, S, S) and the states: positions, sizes, colours, leans (N, P) long."""
     if len(plans) != len(images) or styles.shape != (len(plans),):
         raise ValueError(f"need one image and one style per plan: {len(plans)} plans, {len(images)} images, "
                          f"styles {tuple(styles.shape)}")
     states = [p.states() for p in plans]
-    positions, sizes, colours = (torch.tensor([[getattr(s, a) for s in row] for row in states])
-                                 for a in ("position", "size", "colour"))  # (N, P) each
+    positions, sizes, colours, leans = (torch.tensor([[getattr(s, a) for s in row] for row in states])
+                                        for a in ("position", "size", "colour", "lean"))  # (N, P) each
     n, p = positions.shape
     flat = draw(images.repeat_interleave(p, 0), positions.flatten(), sizes.flatten(),
-                colour_table(config)[colours.flatten()], styles.repeat_interleave(p), config, seed)
-    return flat.view(n, p, 3, config.side, config.side), positions, sizes, colours
+                colour_table(config)[colours.flatten()], styles.repeat_interleave(p), config, seed, leans.flatten())
+    return flat.view(n, p, 3, config.side, config.side), positions, sizes, colours, leans
 
 
 def make_stories(images: torch.Tensor, labels: torch.Tensor, n: int, config: StoryConfig,
@@ -336,6 +374,6 @@ def make_stories(images: torch.Tensor, labels: torch.Tensor, n: int, config: Sto
     digits = labels[instances]
     styles = torch.from_numpy(rng.integers(len(config.styles), size=n)).long()  # (N,)
     plans = tuple(random_plan(rng, int(d), config) for d in digits)
-    panels, positions, sizes, colours = render(plans, images[instances], styles, config, seed)
-    return Stories(config, plans, instances, digits, styles, positions, sizes, colours, panels,
+    panels, positions, sizes, colours, leans = render(plans, images[instances], styles, config, seed)
+    return Stories(config, plans, instances, digits, styles, positions, sizes, colours, leans, panels,
                    character_sheet(images[instances], styles, config, seed))

@@ -27,8 +27,8 @@ from vqlib.core.device import model_device, to_device
 from vqlib.core.inference import in_batches
 from vqlib.core.profile import pick, seed_everything
 from vqlib.data.mnist import mnist
-from vqlib.data.stories import (DIGIT_NAMES, POSITIONS, SIZES, Plan, Stories, StoryConfig, digit_box,
-                                make_stories)
+from vqlib.data.stories import (DIGIT_NAMES, LEANS, POSITIONS, SIZES, Plan, State, Stories, StoryConfig, caption,
+                                digit_box, make_stories)
 from vqlib.judges.panels import HEADS, InstanceJudge, PanelJudge, read_panels, same_character
 from vqlib.priors.base import sample_from_logits
 from vqlib.priors.story_prior import StoryPrior, StoryPriorConfig, logits_of_zeros, story_prior_loss
@@ -61,8 +61,10 @@ def story_sets(profile: str | None = None) -> StorySets:
 
 def caption_words(config: StoryConfig) -> CaptionTokenizer:
     """The caption vocabulary, fitted on every caption a panel can have (so no split meets an unknown word)."""
-    captions = [f"a {size} {colour} {name} at the {position}"
-                for size, colour, name, position in itertools.product(SIZES, config.colours, DIGIT_NAMES, POSITIONS)]
+    leans = range(len(LEANS)) if config.lean else range(1)
+    captions = [caption(digit, State(position, size, colour, lean), config.colours)
+                for lean, size, colour, digit, position in itertools.product(
+                    leans, range(len(SIZES)), range(len(config.colours)), range(len(DIGIT_NAMES)), range(len(POSITIONS)))]
     return CaptionTokenizer.fit(captions)
 
 
