@@ -249,8 +249,9 @@ def photo_vqgan_vqvae() -> FullRun:
 
 def photo_vqgan() -> FullRun:
     # vqlib.recipes.ch05_vqgan.fine_tune_decoder(..., "vqgan"): the decoder alone, the discriminator from step 0
-    criterion = VQGANLoss(OBJECTIVES["vqgan"], PatchGAN(PatchGANConfig.for_profile(FULL)),
-                          PerceptualLoss(PhotoNet(PhotoNetConfig.for_profile(FULL))))
+    objective = OBJECTIVES["vqgan"]  # as the recipe: a perceptual network only if its term is on
+    perceptual = PerceptualLoss(PhotoNet(PhotoNetConfig.for_profile(FULL))) if objective.perceptual_weight > 0 else None
+    criterion = VQGANLoss(objective, PatchGAN(PatchGANConfig.for_profile(FULL)), perceptual)
 
     def loss_fn(model: VQGAN, batch: tuple) -> dict:  # both networks' losses of one step, for the memory probe
         terms = criterion.generator_terms(model, batch[0], step=0)
