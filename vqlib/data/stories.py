@@ -3,8 +3,9 @@
 A *story* is a strip of panels. Its character is one real handwritten digit (one MNIST instance: its
 writer's shape is its identity). The first sentence introduces it ("a small red seven stands at the
 top left"); every later sentence changes one thing ("it jumps to the bottom right", "it grows", "it
-shrinks", "it turns blue"; in ``full`` also "it leans left"). Each panel shows the character in the state the story has reached,
-drawn in the story's **style**, a real image transformation of the same drawing:
+shrinks", "it turns blue"; in ``full`` also "it leans left"). Each panel shows the character in the
+state the story has reached, drawn in the story's **style**, a real image transformation of the
+same drawing:
 
 - ``ink``: coloured ink on cream paper, the drawing as it is;
 - ``chalk``: pastel chalk on a dark board, with a seeded grain that breaks the strokes;
@@ -13,14 +14,13 @@ drawn in the story's **style**, a real image transformation of the same drawing:
 
 What is in it: the vocabularies (``DIGIT_NAMES``, ``POSITIONS``, ``SIZES``, ``COLOURS``, ``STYLES``,
 ``LEANS``), ``StoryConfig`` (panel side, panels per story, which colours and styles, whether the
-character leans; ``for_profile``), ``Plan``
-(one story as a first state and a list of actions, with its states, sentences and the *captions*
-that say what each panel shows, and ``edited`` to change one sentence), ``draw`` (digits -> panels:
-``lean`` them if the story rotates them, ``place`` the ink in its corner, then ``paint`` it in a colour
-and a style), ``character_sheet``
-(the character drawn centred, large, in grey pencil, in the story's style), ``digit_box`` (where a
-panel's drawing lies) and ``make_stories`` (seeded stories of one MNIST split: train, validation
-and test stories use disjoint digit instances).
+character leans; ``for_profile``), ``Plan`` (one story as a first state and a list of actions, with
+its states, sentences and the *captions* that say what each panel shows, and ``edited`` to change
+one sentence), ``caption`` (the words of one panel's state), ``draw`` (digits -> panels: ``lean``
+them if the story turns them, ``place`` the ink in its corner, then ``paint`` it in a colour and a
+style), ``character_sheet`` (the character drawn centred, large, in grey pencil, in the story's
+style), ``digit_box`` (where a panel's drawing lies) and ``make_stories`` (seeded stories of one
+MNIST split: train, validation and test stories use disjoint digit instances).
 
 Dimension key: N stories (or panels), P panels per story, S panel side, C = 3 colour channels.
 """
@@ -78,7 +78,8 @@ class StoryConfig:
 
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "StoryConfig":
-        """The book's stories for a profile: ``full`` has larger panels, longer stories, more colours and styles."""
+        """The book's stories for a profile: ``full`` has larger panels, longer stories, more colours and
+        styles, and a fifth action (leaning)."""
         sizes = pick(smoke=dict(), quick=dict(),
                      full=dict(side=32, panels=5, large=24, small=16, colours=tuple(COLOURS), styles=STYLES,
                                lean=True),
@@ -125,7 +126,8 @@ def caption(digit: int, state: State, colours: tuple[str, ...]) -> str:
     """What a panel shows: "a large blue seven at the top right", "a small red two leaning left at the
     bottom left" (an upright drawing names no pose)."""
     pose = "" if state.lean == 0 else f" {LEANS[state.lean]}"
-    return f"a {SIZES[state.size]} {colours[state.colour]} {DIGIT_NAMES[digit]}{pose} at the {POSITIONS[state.position]}"
+    size, colour, name = SIZES[state.size], colours[state.colour], DIGIT_NAMES[digit]
+    return f"a {size} {colour} {name}{pose} at the {POSITIONS[state.position]}"
 
 
 @dataclass(frozen=True)

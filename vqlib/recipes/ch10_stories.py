@@ -61,10 +61,10 @@ def story_sets(profile: str | None = None) -> StorySets:
 
 def caption_words(config: StoryConfig) -> CaptionTokenizer:
     """The caption vocabulary, fitted on every caption a panel can have (so no split meets an unknown word)."""
-    leans = range(len(LEANS)) if config.lean else range(1)
+    axes = (range(len(LEANS)) if config.lean else range(1), range(len(SIZES)), range(len(config.colours)),
+            range(len(DIGIT_NAMES)), range(len(POSITIONS)))
     captions = [caption(digit, State(position, size, colour, lean), config.colours)
-                for lean, size, colour, digit, position in itertools.product(
-                    leans, range(len(SIZES)), range(len(config.colours)), range(len(DIGIT_NAMES)), range(len(POSITIONS)))]
+                for lean, size, colour, digit, position in itertools.product(*axes)]
     return CaptionTokenizer.fit(captions)
 
 

@@ -17,13 +17,14 @@ Launched by ``torchrun``, the same call trains on several processes (see ``vqlib
 ``batch_size`` is the global batch, each process gets its slice, and only rank 0 logs, shows
 progress and writes checkpoints, which resume on any number of processes.
 
-Randomness: a fresh run seeds torch with ``config.seed``; the batch order depends only on
-(seed, step). Training draws from a fork of torch's generators (``torch.random.fork_rng``), so after
+Randomness: a fresh run seeds torch with ``config.seed``; the batch order depends only on (seed,
+step). Training draws from a fork of torch's generators (``torch.random.fork_rng``), so after
 ``fit`` the caller's generators are where they were before it, whether it trained, resumed or only
-loaded a finished checkpoint: a chapter run from a warm cache prints what a cold run prints. A checkpoint keeps the random generators of every process (the CPU's and, on CUDA,
-the device's), so dropout, dead-code restarts and masking continue as if never interrupted. On
-resuming, process r restores the state saved by process r; a process the saving run did not have
-takes process 0's state, as every process of a fresh run starts from the same seed.
+loaded a finished checkpoint: a chapter run from a warm cache prints what a cold run prints. A
+checkpoint keeps the random generators of every process (the CPU's and, on CUDA, the device's), so
+dropout, dead-code restarts and masking continue as if never interrupted. On resuming, process r
+restores the state saved by process r; a process the saving run did not have takes process 0's
+state, as every process of a fresh run starts from the same seed.
 
 A chapter gets "the trained model for this config and profile" by passing
 ``checkpoint=checkpoint_path(name, model.config, train_config)`` (``vqlib.training.checkpoints``):
@@ -304,7 +305,9 @@ def fit(model: nn.Module, step: LossFn | Step, data: Dataset, config: TrainConfi
     batches = training_batches(data, config.batch_size, config.seed, history.steps, dist.rank(), dist.world_size())
     # training draws from its own fork of the global generators, so the caller's random numbers after
     # fit are the same whether it trained or loaded a finished checkpoint (a warm run equals a cold one)
-    forked = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    forked = []  # the CUDA device whose generator training draws from, if any (the CPU's is always forked)
+    if device.type == "cuda":
+        forked = [torch.cuda.current_device() if device.index is None else device.index]
     with torch.random.fork_rng(devices=forked):
         if ckpt is None:
             torch.manual_seed(config.seed)  # a fresh run: the same noise every time
