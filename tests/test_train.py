@@ -195,6 +195,11 @@ def test_cache_dir_and_checkpoint_paths(tmp_path, monkeypatch):
     a = checkpoint_path("m", TinyConfig(), quiet(), profile="quick")
     assert a == checkpoint_path("m", TinyConfig(), quiet(), profile="quick")
     assert a != checkpoint_path("m", TinyConfig(width=9), quiet(), profile="quick")
+    import vqlib.training.checkpoints as checkpoints
+
+    with monkeypatch.context() as earlier:  # a cache of an earlier vqlib, whose training drew otherwise
+        earlier.setattr(checkpoints, "KEY_GENERATION", checkpoints.KEY_GENERATION - 1)
+        assert checkpoint_path("m", TinyConfig(), quiet(), profile="quick") != a
     assert a.name.startswith("m-quick-")
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("VQLIB_CACHE", str(tmp_path / "file"))

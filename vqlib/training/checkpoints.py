@@ -63,10 +63,18 @@ def data_identity(data: Any) -> str:
     return data_digest(*tensors)
 
 
+# Joins every checkpoint's key. Raised when the same configs and data would now train other weights,
+# so that a cache written by an earlier vqlib retrains instead of serving models the book's numbers
+# did not come from. 2: fit draws from a fork of torch's generators, so a model built after another
+# model's training starts from other random numbers than it did before.
+KEY_GENERATION = 2
+
+
 def checkpoint_path(name: str, *configs: Any, data: Any = None, profile: str | None = None) -> Path:
     """The cache path of a trained model: one file per name, profile, exact configs and training
-    ``data`` (a TensorDataset or tensors; its digest joins the key when given)."""
-    keys = [config_dict(c) for c in configs] + ([{"data": data_identity(data)}] if data is not None else [])
+    ``data`` (a TensorDataset or tensors; its digest joins the key when given), and ``KEY_GENERATION``."""
+    keys = ([{"generation": KEY_GENERATION}] + [config_dict(c) for c in configs]
+            + ([{"data": data_identity(data)}] if data is not None else []))
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "checkpoints" / f"{name}-{check_profile(profile or current_profile())}-{digest}.pt"
 
