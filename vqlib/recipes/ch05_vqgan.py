@@ -116,18 +116,13 @@ def fine_tune_decoder(model: VQGAN, objective: str, profile: str | None = None,
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}: expected one of {sorted(OBJECTIVES)}")
-    groups = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (VQGANLossConfig, PatchGANConfig, TrainConfig)}
-    unknown = set(overrides) - set().union(*groups.values())
-    if unknown:
-        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of "
-                        f"{', '.join(c.__name__ for c in groups)}")
-    pick_for = {cls: {k: v for k, v in overrides.items() if k in names} for cls, names in groups.items()}
+    loss_overrides, disc_overrides, train_overrides = split_overrides(overrides, VQGANLossConfig, PatchGANConfig)
     size = image_size(profile)
-    loss_config = dataclasses.replace(OBJECTIVES[objective], **pick_for[VQGANLossConfig])
-    train_config = fine_tune_train_config(profile, **pick_for[TrainConfig])
+    loss_config = dataclasses.replace(OBJECTIVES[objective], **loss_overrides)
+    train_config = fine_tune_train_config(profile, **train_overrides)
     perceptual = PerceptualLoss(train_photo_net(size, profile)[0]) if loss_config.perceptual_weight > 0 else None
     seed_everything(train_config.seed)
-    disc_config = PatchGANConfig.for_profile(profile, **pick_for[PatchGANConfig])
+    disc_config = PatchGANConfig.for_profile(profile, **disc_overrides)
     disc = PatchGAN(disc_config) if loss_config.disc_weight > 0 else None
     tuned = FrozenCodes.of(model)
     train, val = photos("train", size, profile), photos("val", size, profile).tensors[0]

@@ -82,17 +82,15 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
-def split_overrides(overrides: Mapping[str, Any], model_config: type) -> tuple[dict, dict]:
-    """Keyword overrides of a recipe split into (fields of ``model_config``, fields of TrainConfig);
-    any other name is an error that lists both."""
-    model_fields = {f.name for f in dataclasses.fields(model_config)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - model_fields - train_fields
+def split_overrides(overrides: Mapping[str, Any], *configs: type) -> tuple[dict, ...]:
+    """Keyword overrides of a recipe split by config class: (fields of each of ``configs``, in order,
+    then fields of TrainConfig); any other name is an error that lists them all."""
+    groups = [{f.name for f in dataclasses.fields(c)} for c in (*configs, TrainConfig)]
+    unknown = set(overrides) - set().union(*groups)
     if unknown:
-        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of {model_config.__name__} "
-                        "or TrainConfig")
-    return ({k: v for k, v in overrides.items() if k in model_fields},
-            {k: v for k, v in overrides.items() if k in train_fields})
+        names = [c.__name__ for c in configs]
+        raise TypeError(f"unknown overrides {sorted(unknown)}: expected fields of {', '.join(names)} or TrainConfig")
+    return tuple({k: v for k, v in overrides.items() if k in fields} for fields in groups)
 
 
 @dataclass
