@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -55,10 +56,11 @@ from vqlib.recipes.ch08_video_tokenizers import (TIME_MIXING, equal_bits_configs
 from vqlib.recipes.ch09_video_generation import KTH_TOKENIZER, superres_train_config, video_prior_train_config
 from vqlib.recipes.ch10_stories import (caption_words, panel_tokenizer_config, panel_tokenizer_train_config,
                                         story_prior_train_config)
-from vqlib.data.stories import StoryConfig
+from vqlib.data.stories import StoryConfig, sheet_views
 from vqlib.judges.panels import (InstanceJudge, InstanceJudgeConfig, PanelJudge, PanelJudgeConfig,
                                  instance_judge_loss, judge_train_config, panel_judge_loss)
 from vqlib.priors.story_prior import StoryPrior, StoryPriorConfig, story_prior_loss
+from vqlib.tokenizers.conditional import ConditionalVQVAE, conditional_vqvae_loss
 from vqlib.tokenizers.superres import SuperResConfig, VideoSuperRes, superres_loss
 from vqlib.data.kth import CAPTIONS as KTH_ACTION_CAPTIONS
 from vqlib.tokenizers.vae import VAE, Autoencoder, VAEConfig, negative_elbo, reconstruction_loss
@@ -394,21 +396,27 @@ CH10 = StoryConfig.for_profile(FULL)
 
 
 def story_tokenizer() -> FullRun:
-    return FullRun(VQVAE(panel_tokenizer_config(FULL)), panel_tokenizer_train_config(FULL),
-                   lambda n: (_images(n, 3, CH10.side),), vqvae_loss, _roundtrip)
+    config = panel_tokenizer_config(CH10, FULL)
+
+    def example(n: int) -> tuple:  # ink layer, what to paint (RGB, style one-hot), the painted panel
+        paint = torch.cat([torch.rand(n, 3), F.one_hot(_labels(n, len(CH10.styles)), len(CH10.styles)).float()], 1)
+        return _images(n, 1, CH10.side), paint, _images(n, 3, CH10.side)
+
+    return FullRun(ConditionalVQVAE(config), panel_tokenizer_train_config(FULL), example, conditional_vqvae_loss,
+                   lambda m, b: m.decode(m.encode(b[0]), b[1]))
 
 
 def story_prior() -> FullRun:
-    tokenizer = panel_tokenizer_config(FULL)
+    tokenizer = panel_tokenizer_config(CH10, FULL)
     grid = (CH10.side // tokenizer.downsample,) * 2
-    k, words = tokenizer.codebook_size, caption_words(CH10)
-    model = StoryPrior(StoryPriorConfig.for_profile(k, grid, len(CH10.styles), words.words, words.length,
+    k, words, views = tokenizer.codebook_size, caption_words(CH10), len(sheet_views(CH10))
+    model = StoryPrior(StoryPriorConfig.for_profile(k, grid, views, len(CH10.styles), words.words, words.length,
                                                     profile=FULL))
     captions = ["a large red seven at the top left", "a small blue two at the bottom right"]
 
     def example(n: int) -> tuple:
         return (torch.randint(k, (n, *grid)), _labels(n, len(CH10.styles)),
-                words.encode([captions[i % 2] for i in range(n)]), torch.randint(k, (n, *grid)))
+                words.encode([captions[i % 2] for i in range(n)]), torch.randint(k, (n, views, *grid)))
 
     return FullRun(model, story_prior_train_config(FULL), example, story_prior_loss,
                    lambda m, b: m.sample(b[1], b[2], b[3], guidance=(2.0, 1.0, 1.0)),

@@ -7,14 +7,14 @@ import torch
 
 from vqlib.data.mnist import mnist
 from vqlib.data.stories import (POSITIONS, Plan, State, StoryConfig, character_sheet, digit_box, draw,
-                                make_stories)
+                                make_stories, sheet_views, view_index)
 from vqlib.judges.panels import (InstanceJudge, InstanceJudgeConfig, PanelJudge, PanelJudgeConfig, ink_crop,
                                  panel_pairs, read_panels)
 from vqlib.priors.story_prior import StoryPrior, StoryPriorConfig, logits_of_zeros, story_prior_loss
-from vqlib.recipes.ch10_stories import (Conditions, caption_words, choose_sampler, conditions, consistency,
-                                        edit_codes, edit_masks, edit_plans, illustrate, illustrate_like_seed004,
-                                        panel_tokenizer_config)
-from vqlib.tokenizers.vqvae import VQVAE
+from vqlib.recipes.ch10_stories import (Conditions, caption_words, choose_sampler, conditions, consistency, decode,
+                                        edit_codes, edit_masks, edit_plans, encode, illustrate,
+                                        illustrate_like_seed004, paint_of, panel_tokenizer_config)
+from vqlib.tokenizers.conditional import ConditionalVQVAE, conditional_vqvae_loss
 
 CONFIG = StoryConfig()
 
@@ -67,7 +67,47 @@ def test_the_drawing_lies_in_its_box_and_styles_differ(digits):
     background = panels[..., :1, :1]
     assert ((outside - background).abs().amax(1)[..., :top, :] < 0.2).all()  # only the paper's texture there
     assert (panels[0] - panels[1]).abs().mean() > 0.1 and (panels[0] - panels[2]).abs().mean() > 0.01
-    assert character_sheet(x, torch.arange(3), CONFIG).shape == (3, 3, CONFIG.side, CONFIG.side)
+
+
+
+def test_a_sheet_holds_the_ink_of_every_panel_the_story_can_draw(digits):
+    x, y = digits["train"]
+    stories = make_stories(x, y, 6, CONFIG)
+    views = len(sheet_views(CONFIG))
+    assert views == 8 and stories.sheets.shape == (6, views, 1, CONFIG.side, CONFIG.side)
+    assert stories.inks.shape == (6, CONFIG.panels, 1, CONFIG.side, CONFIG.side)
+    for i in range(6):
+        for p, state in enumerate(stories.plans[i].states()):  # a panel's ink is its sheet's view, whatever its colour
+            assert torch.equal(stories.inks[i, p], stories.sheets[i, view_index(state, CONFIG)])
+    assert torch.equal(character_sheet(x[stories.instances], CONFIG), stories.sheets)
+    full = StoryConfig.for_profile("full")
+    assert len(sheet_views(full)) == 24 and view_index(State(1, 1, 0, 2), full) == 2 * 8 + 4 + 1
+    with pytest.raises(ValueError, match="leaning"):
+        view_index(State(0, 0, 0, 1), CONFIG)
+
+
+def test_the_panel_tokenizer_encodes_ink_and_paints_what_it_is_told(digits):
+    stories = make_stories(*digits["test"], 4, CONFIG)
+    torch.manual_seed(0)
+    tokenizer = ConditionalVQVAE(panel_tokenizer_config(CONFIG, "smoke")).eval()
+    codes = encode(tokenizer, stories.inks)  # (4, P, h, w)
+    assert codes.shape == (4, CONFIG.panels, 6, 6)
+    paint = paint_of(stories)  # (N·P, 3 + styles)
+    assert paint.shape == (4 * CONFIG.panels, 3 + len(CONFIG.styles))
+    assert torch.equal(paint[:, 3:].argmax(1), stories.styles.repeat_interleave(CONFIG.panels))
+    panels = decode(tokenizer, codes.flatten(0, 1), paint)
+    assert panels.shape == (4 * CONFIG.panels, 3, CONFIG.side, CONFIG.side) and 0 <= panels.min() <= panels.max() <= 1
+    other = paint.clone()
+    other[:, 3:] = other[:, 3:].roll(1, dims=1)  # another style, the same codes
+    assert not torch.allclose(decode(tokenizer, codes.flatten(0, 1), other), panels)
+    loss = conditional_vqvae_loss(tokenizer.train(), (stories.inks.flatten(0, 1) - 0.5, paint,
+                                                      stories.panels.flatten(0, 1) - 0.5))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and tokenizer.condition.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="condition"):
+        tokenizer.decode(codes[:, 0], paint[:3])
+    with pytest.raises(ValueError, match="one paint row"):
+        decode(tokenizer, codes.flatten(0, 1), paint[:2])
 
 
 def test_bad_inputs_name_what_was_expected(digits):
@@ -83,10 +123,14 @@ def test_bad_inputs_name_what_was_expected(digits):
         Plan(1, State(0, 0, 0), (("jump", 1),)).edited(0, 2)
 
 
+VIEWS = len(sheet_views(CONFIG))
+
+
 def _prior(grid=(6, 6), k=16):
     words = caption_words(CONFIG)
     torch.manual_seed(0)
-    config = StoryPriorConfig.for_profile(k, grid, len(CONFIG.styles), words.words, words.length, profile="smoke")
+    config = StoryPriorConfig.for_profile(k, grid, VIEWS, len(CONFIG.styles), words.words, words.length,
+                                          profile="smoke")
     return StoryPrior(config), words
 
 
@@ -94,7 +138,7 @@ def _conditions(prior, words, n=3):
     g = torch.Generator().manual_seed(1)
     k = prior.config.vocab_size
     return Conditions(torch.arange(n) % len(CONFIG.styles), words.encode(["a small red seven at the top left"] * n),
-                      torch.randint(k, (n, *prior.config.grid), generator=g))
+                      torch.randint(k, (n, VIEWS, *prior.config.grid), generator=g))
 
 
 def test_story_prior_is_causal_and_reads_its_conditions():
@@ -103,12 +147,19 @@ def test_story_prior_is_causal_and_reads_its_conditions():
     codes = torch.randint(16, (3, 6, 6))
     later = codes.clone()
     later[:, 4:] = (later[:, 4:] + 1) % 16
-    context = prior.context(cond.style, cond.text, cond.reference)
-    a = prior.gpt(codes.flatten(1), context=context)
-    b = prior.gpt(later.flatten(1), context=context)
+    context, aligned = prior.context(cond.style, cond.text, cond.reference)
+    a = prior.gpt(codes.flatten(1)[:, :-1], context=context, aligned=aligned)
+    b = prior.gpt(later.flatten(1)[:, :-1], context=context, aligned=aligned)
     torch.testing.assert_close(a[:, :23], b[:, :23])  # row t predicts code t + 1: rows < 24 - 1 see only codes < 24
     other = Conditions(cond.style, cond.text, (cond.reference + 1) % 16)
     assert not torch.allclose(prior.nll(codes, *vars(cond).values()), prior.nll(codes, *vars(other).values()))
+    one_view = cond.reference.clone()
+    one_view[:, 3, 2, 2] = (one_view[:, 3, 2, 2] + 1) % 16  # the sheet at place 14, in one view
+    nll_rows = lambda ref: prior.gpt._logits(codes.flatten(1)[:, :-1], None, context=context,
+                                             aligned=prior.context(cond.style, cond.text, ref)[1])
+    moved = (nll_rows(one_view) - nll_rows(cond.reference)).abs().amax((0, 2))  # (rows,)
+    p = context.shape[1]
+    assert moved[p + 14] > 0 and moved[: p + 14].max() == 0  # only the row predicting code 14 reads it
     loss = story_prior_loss(prior.train(), (codes, cond.style, cond.text, cond.reference))["loss"]
     loss.backward()
     assert torch.isfinite(loss) and prior.no_character.grad is not None or prior.gpt.tok_emb.weight.grad is not None
@@ -119,10 +170,10 @@ def test_sampling_with_the_cache_matches_greedy_decoding_by_hand():
     cond = _conditions(prior, words)
     sampled = prior.sample(cond.style, cond.text, cond.reference, top_k=1)
     tokens = torch.zeros(3, 0, dtype=torch.long)
-    context = prior.context(cond.style, cond.text, cond.reference)
     with torch.no_grad():
+        context, aligned = prior.context(cond.style, cond.text, cond.reference)
         for _ in range(36):
-            logits = prior.gpt.next_logits(tokens, context=context)
+            logits = prior.gpt.next_logits(tokens, context=context, aligned=aligned)
             tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], 1)
     assert torch.equal(sampled.flatten(1), tokens)
 
@@ -164,7 +215,7 @@ def test_edit_plans_and_masks_cover_the_changed_panels(digits):
 def test_seed004_sampler_and_the_book_sampler_give_grids(digits):
     prior, words = _prior()
     stories = make_stories(*digits["test"], 2, CONFIG)
-    cond = conditions(stories, words, torch.randint(16, (2, 6, 6)))
+    cond = conditions(stories, words, torch.randint(16, (2, VIEWS, 6, 6)))
     assert illustrate(prior, cond, (2.0, 1.0, 1.0), 1.0).shape == (6, 6, 6)
     assert illustrate(prior, cond, (1.0, 1.0, 1.0), 1.0, character=False).shape == (6, 6, 6)
     assert illustrate_like_seed004(prior, cond, (2.0, 1.0, 1.0), 1.0).shape == (6, 6, 6)
@@ -207,7 +258,7 @@ def test_against_target_reads_the_interval():
 def test_the_sampler_is_chosen_by_the_best_mean_rate_on_the_stories_given(digits):
     stories = make_stories(*digits["test"], 4, CONFIG)
     torch.manual_seed(0)
-    tokenizer = VQVAE(panel_tokenizer_config("smoke")).eval()
+    tokenizer = ConditionalVQVAE(panel_tokenizer_config(CONFIG, "smoke")).eval()
     prior, words = _prior(k=tokenizer.config.codebook_size)
     judge = PanelJudge(PanelJudgeConfig.for_profile(3, 3, profile="smoke")).eval()
     instance = InstanceJudge(InstanceJudgeConfig.for_profile(profile="smoke")).eval()

@@ -29,11 +29,17 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """fn applied to x (N, ...) in batches on the model's device, in eval mode, concatenated on the CPU."""
+def in_batches(fn: Callable[..., torch.Tensor], model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...],
+               batch_size: int = 500) -> torch.Tensor:
+    """fn applied to x (N, ...) in batches on the model's device, in eval mode, concatenated on the CPU.
+    ``x`` may be a tuple of tensors of N rows each: ``fn`` then takes one batch of each."""
+    xs = x if isinstance(x, tuple) else (x,)
+    if len({len(t) for t in xs}) != 1:
+        raise ValueError(f"the tensors given to in_batches must have equal lengths, got {[len(t) for t in xs]}")
     device = model_device(model)
     with evaluating(model):
-        return torch.cat([fn(to_device(x[i:i + batch_size], device)).cpu() for i in range(0, len(x), batch_size)])
+        return torch.cat([fn(*(to_device(t[i:i + batch_size], device) for t in xs)).cpu()
+                          for i in range(0, len(xs[0]), batch_size)])
 
 
 def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

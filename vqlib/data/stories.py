@@ -16,13 +16,15 @@ What is in it: the vocabularies (``DIGIT_NAMES``, ``POSITIONS``, ``SIZES``, ``CO
 ``LEANS``), ``StoryConfig`` (panel side, panels per story, which colours and styles, whether the
 character leans; ``for_profile``), ``Plan`` (one story as a first state and a list of actions, with
 its states, sentences and the *captions* that say what each panel shows, and ``edited`` to change
-one sentence), ``caption`` (the words of one panel's state), ``draw`` (digits -> panels: ``lean``
-them if the story turns them, ``place`` the ink in its corner, then ``paint`` it in a colour and a
-style), ``character_sheet`` (the character drawn centred, large, in grey pencil, in the story's
-style), ``digit_box`` (where a panel's drawing lies) and ``make_stories`` (seeded stories of one
-MNIST split: train, validation and test stories use disjoint digit instances).
+one sentence), ``caption`` (the words of one panel's state), ``draw`` (digits -> panels: the
+``ink_layer`` (``lean`` the digits if the story turns them, ``place`` the ink in its corner), then
+``paint`` it in a colour and a style), ``character_sheet`` (the character's ink in every view of
+``sheet_views``: every place, size and pose a sentence can ask for; ``view_index`` finds a panel's),
+``digit_box`` (where a panel's drawing lies) and ``make_stories`` (seeded stories of one MNIST split:
+train, validation and test stories use disjoint digit instances).
 
-Dimension key: N stories (or panels), P panels per story, S panel side, C = 3 colour channels.
+Dimension key: N stories (or panels), P panels per story, S panel side, C = 3 colour channels, V views
+of a character sheet.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ LEANS = ("upright", "leaning left", "leaning right")  # a drawing's pose: rotate
 LEAN_DEGREES = (0.0, 25.0, -25.0)
 LEAN_SENTENCES = ("it stands up straight", "it leans left", "it leans right")
 PAPER, BOARD, GRID = (0.96, 0.95, 0.90), (0.13, 0.20, 0.17), (0.80, 0.86, 0.95)  # backgrounds
-SHEET_INK = (0.35, 0.35, 0.35)  # the character sheet's grey pencil: visible on paper and on a board
 
 
 @dataclass(frozen=True)
@@ -229,21 +230,28 @@ def draw(digits: torch.Tensor, positions: torch.Tensor, sizes: torch.Tensor, col
     styles (N,) long (indices into ``config.styles``), upright or in the poses ``leans`` (N,) long
     (indices into LEANS) -> (N, 3, S, S) in [0, 1]. ``seed`` fixes the chalk grain and the paper's texture."""
     check_digit_images(digits)
-    n, s = len(digits), config.side
+    n = len(digits)
     leans = torch.zeros(n, dtype=torch.long) if leans is None else leans
     for name, v, k in (("positions", positions, len(POSITIONS)), ("sizes", sizes, len(SIZES)),
                        ("styles", styles, len(config.styles)), ("leans", leans, len(LEANS))):
         if v.shape != (n,) or v.dtype != torch.long or v.min() < 0 or v.max() >= k:
             raise ValueError(f"{name} must be (N,) = ({n},) long in [0, {k}), got {v.dtype} {tuple(v.shape)}")
-    if leans.any():
+    return paint(ink_layer(digits, positions, sizes, config, leans), colours, styles, config, seed)
+
+
+def ink_layer(digits: torch.Tensor, positions: torch.Tensor, sizes: torch.Tensor, config: StoryConfig,
+              leans: torch.Tensor | None = None) -> torch.Tensor:
+    """The ink of digits (N, 1, 28, 28) at positions, sizes and poses (N,) long, before it is painted:
+    how much ink covers each pixel, (N, 1, S, S) in [0, 1] (a comic's inked line art before colouring)."""
+    if leans is not None and leans.any():
         digits = lean(digits, leans)
-    ink = digits.new_zeros(n, 1, s, s)  # (N, 1, S, S): how much ink covers each pixel
+    ink = digits.new_zeros(len(digits), 1, config.side, config.side)  # (N, 1, S, S)
     for size in range(len(SIZES)):
         for position in range(len(POSITIONS)):
             rows = (sizes == size) & (positions == position)
             if rows.any():
                 ink[rows] = place(digits[rows], *digit_box(position, size, config), config)
-    return paint(ink, colours, styles, config, seed)
+    return ink
 
 
 def lean(digits: torch.Tensor, leans: torch.Tensor) -> torch.Tensor:
@@ -302,15 +310,30 @@ def colour_table(config: StoryConfig) -> torch.Tensor:
     return torch.tensor([COLOURS[c] for c in config.colours])
 
 
-def character_sheet(digits: torch.Tensor, styles: torch.Tensor, config: StoryConfig, seed: int = 0) -> torch.Tensor:
-    """The character's model sheet: drawn large and centred, in grey pencil, in the story's style
-    (N,) long. (N, 1, 28, 28) -> (N, 3, S, S)."""
+def sheet_views(config: StoryConfig) -> list[State]:
+    """The views of a character sheet: every place, size (and, with ``config.lean``, pose) a sentence
+    can ask for, as States of colour 0 (a sheet is ink, uncoloured)."""
+    leans = range(len(LEANS)) if config.lean else range(1)
+    return [State(position, size, 0, pose) for pose in leans for size in range(len(SIZES))
+            for position in range(len(POSITIONS))]
+
+
+def view_index(state: State, config: StoryConfig) -> int:
+    """Which view of ``sheet_views(config)`` shows a panel of ``state`` (its colour aside)."""
+    if state.lean and not config.lean:
+        raise ValueError(f"a leaning state {state} has no view in a sheet of upright drawings (config.lean=False)")
+    return (state.lean * len(SIZES) + state.size) * len(POSITIONS) + state.position
+
+
+def character_sheet(digits: torch.Tensor, config: StoryConfig) -> torch.Tensor:
+    """The characters' model sheets: each digit's ink in every view of ``sheet_views`` (every place,
+    size and pose a sentence can name), uncoloured, as an animator's model sheet shows a character in
+    its standard poses. (N, 1, 28, 28) -> (N, V, 1, S, S)."""
     check_digit_images(digits)
-    if styles.shape != (len(digits),) or styles.dtype != torch.long:
-        raise ValueError(f"styles must be (N,) = ({len(digits)},) long, got {styles.dtype} {tuple(styles.shape)}")
-    offset = (config.side - config.large) // 2
-    ink = place(digits, offset, offset, config.large, config)
-    return paint(ink, torch.tensor([SHEET_INK]).expand(len(digits), 3), styles, config, seed)
+    views = sheet_views(config)
+    n = len(digits)
+    return torch.stack([ink_layer(digits, torch.full((n,), v.position), torch.full((n,), v.size), config,
+                                  torch.full((n,), v.lean)) for v in views], dim=1)
 
 
 # ----------------------------------------------------------------------------- stories of a split
@@ -329,7 +352,8 @@ class Stories:
     colours: torch.Tensor  # (N, P) long: index into config.colours
     leans: torch.Tensor  # (N, P) long: index into LEANS (all 0, upright, unless config.lean)
     panels: torch.Tensor  # (N, P, 3, S, S) float in [0, 1]
-    sheets: torch.Tensor  # (N, 3, S, S): each character's sheet
+    inks: torch.Tensor  # (N, P, 1, S, S) float in [0, 1]: each panel's ink layer, before it is painted
+    sheets: torch.Tensor  # (N, V, 1, S, S): each character's model sheet (``character_sheet``)
 
     def __len__(self) -> int:
         return len(self.plans)
@@ -346,19 +370,22 @@ class Stories:
 
 
 def render(plans: tuple[Plan, ...], images: torch.Tensor, styles: torch.Tensor, config: StoryConfig,
-           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw every panel of ``plans`` with the characters ``images`` (N, 1, 28, 28) and ``styles`` (N,)
-    -> panels (N, P, 3, S, S) and the states: positions, sizes, colours, leans (N, P) long."""
+    -> panels (N, P, 3, S, S), their ink layers (N, P, 1, S, S) and the states: positions, sizes,
+    colours, leans (N, P) long."""
     if len(plans) != len(images) or styles.shape != (len(plans),):
         raise ValueError(f"need one image and one style per plan: {len(plans)} plans, {len(images)} images, "
                          f"styles {tuple(styles.shape)}")
+    check_digit_images(images)
     states = [p.states() for p in plans]
     positions, sizes, colours, leans = (torch.tensor([[getattr(s, a) for s in row] for row in states])
                                         for a in ("position", "size", "colour", "lean"))  # (N, P) each
     n, p = positions.shape
-    flat = draw(images.repeat_interleave(p, 0), positions.flatten(), sizes.flatten(),
-                colour_table(config)[colours.flatten()], styles.repeat_interleave(p), config, seed, leans.flatten())
-    return flat.view(n, p, 3, config.side, config.side), positions, sizes, colours, leans
+    ink = ink_layer(images.repeat_interleave(p, 0), positions.flatten(), sizes.flatten(), config, leans.flatten())
+    flat = paint(ink, colour_table(config)[colours.flatten()], styles.repeat_interleave(p), config, seed)
+    side = config.side
+    return flat.view(n, p, 3, side, side), ink.view(n, p, 1, side, side), positions, sizes, colours, leans
 
 
 def make_stories(images: torch.Tensor, labels: torch.Tensor, n: int, config: StoryConfig,
@@ -376,6 +403,6 @@ def make_stories(images: torch.Tensor, labels: torch.Tensor, n: int, config: Sto
     digits = labels[instances]
     styles = torch.from_numpy(rng.integers(len(config.styles), size=n)).long()  # (N,)
     plans = tuple(random_plan(rng, int(d), config) for d in digits)
-    panels, positions, sizes, colours, leans = render(plans, images[instances], styles, config, seed)
-    return Stories(config, plans, instances, digits, styles, positions, sizes, colours, leans, panels,
-                   character_sheet(images[instances], styles, config, seed))
+    panels, inks, positions, sizes, colours, leans = render(plans, images[instances], styles, config, seed)
+    return Stories(config, plans, instances, digits, styles, positions, sizes, colours, leans, panels, inks,
+                   character_sheet(images[instances], config))

@@ -222,7 +222,7 @@ def same_character(model: InstanceJudge, a: torch.Tensor, b: torch.Tensor, batch
 
 def judge_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     """The budget of each story judge."""
-    defaults = dict(steps=pick(10, 300, 4000, profile=profile), batch_size=pick(16, 64, 128, profile=profile),
+    defaults = dict(steps=pick(10, 600, 4000, profile=profile), batch_size=pick(16, 64, 128, profile=profile),
                     lr=2e-3, cosine=True, log_every=pick(5, 50, 200, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
 

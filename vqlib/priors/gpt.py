@@ -23,6 +23,9 @@ What is in it:
   none of them is predicted. The video prior (``vqlib.priors.video_prior``) passes a caption's
   encoding this way, as DALL·E puts the text before the image tokens; ``block_size`` counts the
   P context positions too.
+- An optional ``aligned`` (B, L, C): one vector per token, added to the input of the row that
+  predicts that token (a condition laid out like the tokens themselves, such as another image's
+  codes at the same places; the story prior of Chapter 10 passes its character sheet this way).
 
 Left out: dropout on the residual stream beyond one ``dropout`` knob, weight tying, flash-attention
 specifics (SDPA picks a kernel), and cross-attention (the context is a prefix).
@@ -170,16 +173,24 @@ class GPT(nn.Module):
         return start if context is None else torch.cat([start, context], dim=1)  # (B, 1 + P, C)
 
     def _logits(self, tokens: torch.Tensor, cond: torch.Tensor | None, caches: list[KVCache] | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, aligned: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at every new position. tokens (B, L) -> (B, 1 + P + L, K) when nothing is cached yet
         (the start token and the P context vectors come first: row P predicts token 0), else
-        (B, L, K) for the L new tokens (the context is in the cache then, and ``context`` is not read)."""
+        (B, L, K) for the L new tokens (the context is in the cache then; ``context`` only gives P).
+        ``aligned`` (B, L_all, C): one vector per token of the sequence, added to the row that predicts it."""
         past = len(caches[0]) if caches else 0
         x = self.tok_emb(tokens)  # (B, L, C)
         if past == 0:
             x = torch.cat([self.embed_context(cond, len(tokens), context), x], dim=1)  # (B, T = 1 + P + L, C)
         positions = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
-        x = self.drop(x + self.pos_emb(positions))
+        x = x + self.pos_emb(positions)
+        if aligned is not None:
+            predicts = positions - (0 if context is None else context.shape[1])  # (T,) the token each row predicts
+            rows = (predicts >= 0) & (predicts < aligned.shape[1])  # (T,) rows that predict a token
+            add = x.new_zeros(x.shape)
+            add[:, rows] = aligned[:, predicts[rows]]
+            x = x + add
+        x = self.drop(x)
         for block, cache in zip(self.blocks, caches or [None] * len(self.blocks)):
             x = block(x, cache)
         return self.head(self.ln_f(x))  # (B, T, K)
@@ -208,28 +219,41 @@ class GPT(nn.Module):
         check_cond(cond, self.config.num_classes, len(tokens))
         return p
 
+    def check_aligned(self, aligned: torch.Tensor | None, batch: int, length: int) -> None:
+        """Raise unless ``aligned`` is None or float (batch, length, C): one vector per token."""
+        c = self.config.n_embd
+        if aligned is not None and (not torch.is_tensor(aligned) or not aligned.is_floating_point()
+                                    or aligned.shape != (batch, length, c)):
+            got = tuple(aligned.shape) if torch.is_tensor(aligned) else type(aligned).__name__
+            raise ValueError(f"aligned must be float vectors ({batch}, {length}, {c}), one per token, got {got}")
+
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, L) long, P + L <= block_size -> logits (B, L, K); logits[:, t] predicts token t+1."""
+                context: torch.Tensor | None = None, aligned: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) long, P + L <= block_size -> logits (B, L, K); logits[:, t] predicts token t+1.
+        ``aligned`` (B, L + 1, C): a vector added to the input that predicts each token."""
         p = self._check(tokens, cond, context)
-        return self._logits(tokens, cond, context=context)[:, 1 + p:]  # drop the rows up to the prediction of token 0
+        self.check_aligned(aligned, len(tokens), tokens.shape[1] + 1)
+        return self._logits(tokens, cond, context=context, aligned=aligned)[:, 1 + p:]  # from the row predicting token 1
 
     def nll(self, tokens: torch.Tensor, cond: torch.Tensor | None = None,
-            context: torch.Tensor | None = None) -> torch.Tensor:
-        """Negative log-likelihood in nats per token of each sequence, all L positions: (B, L) -> (B,)."""
+            context: torch.Tensor | None = None, aligned: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative log-likelihood in nats per token of each sequence, all L positions: (B, L) -> (B,).
+        ``aligned`` (B, L, C): a vector added to the input that predicts each token."""
         p = self._check(tokens, cond, context)
-        logits = self._logits(tokens[:, :-1], cond, context=context)[:, p:]  # (B, L, K): row t predicts token t
+        self.check_aligned(aligned, len(tokens), tokens.shape[1])
+        logits = self._logits(tokens[:, :-1], cond, context=context, aligned=aligned)[:, p:]  # row t predicts token t
         return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(1)
 
     def next_logits(self, tokens: torch.Tensor, cond: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                    caches: list[KVCache] | None = None) -> torch.Tensor:
+                    caches: list[KVCache] | None = None, aligned: torch.Tensor | None = None) -> torch.Tensor:
         """The logits of the token after ``tokens`` (B, L) -> (B, K), one sampling step.
 
         With ``caches`` (one ``KVCache`` per block), ``tokens`` are only the positions the caches
         have not seen yet: the first call (empty caches) also reads the start token and ``context``,
-        later calls feed the newest tokens. Inputs are checked by ``sample`` and ``forward``, not here.
+        later calls feed the newest tokens. ``aligned`` (B, L_all, C) as in ``nll``, for the whole
+        sequence. Inputs are checked by ``sample`` and ``forward``, not here.
         """
-        return self._logits(tokens, cond, caches, context)[:, -1]  # (B, K)
+        return self._logits(tokens, cond, caches, context, aligned)[:, -1]  # (B, K)
 
     @torch.no_grad()
     def sample(self, n: int, length: int, cond: torch.Tensor | None = None, temperature: float = 1.0,

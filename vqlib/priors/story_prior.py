@@ -8,10 +8,14 @@ weight for each of several conditions, nested).
 What is in it:
 
 - ``StoryPriorConfig`` / ``StoryPrior``: a ``vqlib.priors.gpt.GPT`` whose ``context`` is
-  ``[style token, caption vectors (P), the character's reference codes (L)]``, then the panel's L
-  codes in raster order. The caption is read by ``vqlib.priors.text.TextEncoder``; the reference
-  codes (the codes of a character sheet) are embedded with the GPT's own code embedding, and "no
-  character" (code K) is one learned vector. While training, each condition is dropped on its own with probability
+  ``[style token, caption vectors (P)]``, then the panel's L codes in raster order. The caption is
+  read by ``vqlib.priors.text.TextEncoder``. The character is its model sheet: the codes of V
+  views of its drawing (every place, size and pose a caption can name), embedded with the GPT's own
+  code embedding ("no character", code K, is one learned vector). The caption chooses among the
+  views (``read_sheet``: attention with one query from the caption's vectors and one learned key
+  per view), and the chosen mix of views enters *aligned*: the vector of the sheet's code at place
+  t is added to the input that predicts the panel's code at t, so copying a code is the easiest
+  thing to learn. While training, each condition is dropped on its own with probability
   ``condition_dropout`` (style -> "no style", caption -> the empty caption, reference -> "no
   character"), so the model also learns every partial condition.
 - ``sample``: one token at a time with the key/value cache. With ``guidance = (w_char, w_style,
@@ -23,11 +27,12 @@ What is in it:
 - ``guided_levels`` and ``guide``: the condition rows and their combination, public so that a
   different sampler (seed 004's, in ``vqlib.recipes.ch10_stories``) uses the same conditions.
 
-Left out: cross-attention, and attention to the kept codes *after* a redrawn one (a MaskGIT-style
-bidirectional prior would see them).
+Left out: cross-attention to the sheet (the aligned views make it unnecessary here: a panel's
+drawing lies where one view's does), and attention to the kept codes *after* a redrawn one (a
+MaskGIT-style bidirectional prior would see them).
 
 Dimension key: B batch, h w code-grid size, L = h·w codes, K codebook size, P caption words,
-E embedding width, R condition rows (B, or 4B with guidance).
+E embedding width, V views of a character sheet, R condition rows (B, or 4B with guidance).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ LEVELS = 4  # condition rows of nested guidance: none; character; character + st
 class StoryPriorConfig:
     vocab_size: int  # K: the panel tokenizer's codebook size
     grid: tuple[int, int]  # (h, w): the code grid of one panel
+    views: int  # V: views of a character sheet
     styles: int  # number of styles (one more index, ``styles``, means "no style")
     words: tuple[str, ...]  # caption vocabulary (CaptionTokenizer.words)
     caption_length: int  # P
@@ -66,8 +72,9 @@ class StoryPriorConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(n) for n in self.grid))
         object.__setattr__(self, "words", tuple(self.words))
-        if len(self.grid) != 2 or min(self.grid) < 1 or self.styles < 1 or self.caption_length < 1:
-            raise ValueError(f"need grid (h, w) >= 1, styles >= 1 and caption_length >= 1, got {self}")
+        if (len(self.grid) != 2 or min(self.grid) < 1 or self.views < 1 or self.styles < 1
+                or self.caption_length < 1):
+            raise ValueError(f"need grid (h, w) >= 1, views >= 1, styles >= 1 and caption_length >= 1, got {self}")
         if not 0 <= self.condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
@@ -77,16 +84,16 @@ class StoryPriorConfig:
         return self.grid[0] * self.grid[1]
 
     def gpt_config(self) -> GPTConfig:
-        # context: 1 style token, P caption vectors, L reference codes; then the L codes of the panel
-        return GPTConfig(vocab_size=self.vocab_size, block_size=1 + self.caption_length + 2 * self.tokens,
+        # context: 1 style token, P caption vectors; then the L codes of the panel
+        return GPTConfig(vocab_size=self.vocab_size, block_size=1 + self.caption_length + self.tokens,
                          n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout)
 
     @classmethod
-    def for_profile(cls, vocab_size: int, grid: tuple[int, int], styles: int, words: tuple[str, ...],
+    def for_profile(cls, vocab_size: int, grid: tuple[int, int], views: int, styles: int, words: tuple[str, ...],
                     caption_length: int, profile: str | None = None, **overrides) -> "StoryPriorConfig":
         sizes = pick(smoke=dict(n_layer=1, n_head=2, n_embd=16), quick=dict(n_layer=2, n_head=4, n_embd=64),
                      full=dict(n_layer=8, n_head=8, n_embd=256, text_layers=2, dropout=0.1), profile=profile)
-        return cls(vocab_size=vocab_size, grid=tuple(grid), styles=styles, words=tuple(words),
+        return cls(vocab_size=vocab_size, grid=tuple(grid), views=views, styles=styles, words=tuple(words),
                    caption_length=caption_length, **{**sizes, **overrides})
 
 
@@ -102,10 +109,12 @@ class StoryPrior(nn.Module):
         self.style_emb = nn.Embedding(config.styles + 1, config.n_embd)  # row ``styles``: no style
         nn.init.normal_(self.style_emb.weight, std=0.02)
         self.no_character = nn.Parameter(torch.zeros(config.n_embd))  # the embedding of reference code K
+        self.view_query = nn.Linear(config.n_embd, config.n_embd)  # the caption's question to the sheet
+        self.view_keys = nn.Parameter(torch.randn(config.views, config.n_embd) * 0.02)  # (V, E) one key per view
 
     # ------------------------------------------------------------------ conditions
     def check(self, style: torch.Tensor, text: torch.Tensor, reference: torch.Tensor) -> int:
-        """Raise unless style (B,), caption ids (B, P) and reference codes (B, h, w) agree; return B."""
+        """Raise unless style (B,), caption ids (B, P) and sheets (B, V, h, w) agree; return B."""
         c, n = self.config, len(style)
         if not torch.is_tensor(style) or style.dtype != torch.long or style.shape != (n,) or n == 0:
             raise TypeError(f"style must be a non-empty (B,) torch.long tensor of style indices, got "
@@ -114,34 +123,46 @@ class StoryPrior(nn.Module):
             raise ValueError(f"style indices must lie in [0, {c.styles}] ({c.styles} = no style), got "
                              f"[{int(style.min())}, {int(style.max())}]")
         check_words(text, len(c.words), c.caption_length)
-        check_tokens(reference, c.vocab_size + 1, f"(B, {c.grid[0]}, {c.grid[1]})", ndim=3)
-        if len(text) != n or len(reference) != n or tuple(reference.shape[1:]) != c.grid:
-            raise ValueError(f"expected {n} captions (B, P) and reference codes ({n}, {c.grid[0]}, {c.grid[1]}), "
+        sheet = f"(B, V={c.views}, {c.grid[0]}, {c.grid[1]})"
+        check_tokens(reference, c.vocab_size + 1, sheet, ndim=4)
+        if len(text) != n or len(reference) != n or tuple(reference.shape[1:]) != (c.views, *c.grid):
+            raise ValueError(f"expected {n} captions (B, P) and sheets of codes {sheet} with B = {n}, "
                              f"got {tuple(text.shape)} and {tuple(reference.shape)}")
         return n
 
-    def context(self, style: torch.Tensor, text: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """The GPT's context: style (B,), caption ids (B, P), reference codes (B, h, w) -> (B, 1 + P + L, E)."""
-        return torch.cat([self.style_emb(style)[:, None], self.text(text),
-                          self.embed_reference(reference.flatten(1))], dim=1)  # (B, 1 + P + L, E)
+    def context(self, style: torch.Tensor, text: torch.Tensor,
+                reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GPT's inputs besides the codes: style (B,), caption ids (B, P), sheets (B, V, h, w) ->
+        the context (B, 1 + P, E) and the aligned sheet (B, L, E)."""
+        words = self.text(text)  # (B, P, E)
+        context = torch.cat([self.style_emb(style)[:, None], words], dim=1)  # (B, 1 + P, E)
+        return context, self.read_sheet(reference.flatten(2), words)
 
-    def embed_reference(self, reference: torch.Tensor) -> torch.Tensor:
-        """Reference codes (B, L) -> (B, L, E) with the GPT's own code embedding, so that a code of the
-        sheet and the same code in the panel start as the same vector (copying is then a matter of
-        attending to it); code K, "no character", is one learned vector."""
+    def view_weights(self, words: torch.Tensor) -> torch.Tensor:
+        """How much each view of the sheet the caption asks for: caption vectors (B, P, E) -> (B, V),
+        a softmax over the views of the caption's query against each view's learned key."""
+        query = self.view_query(words.mean(1))  # (B, E)
+        return torch.softmax(query @ self.view_keys.T / math.sqrt(self.config.n_embd), dim=-1)
+
+    def read_sheet(self, reference: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """Sheets of codes (B, V, L) and caption vectors (B, P, E) -> (B, L, E): at each place, the
+        views' code embeddings mixed by ``view_weights``. A sheet's codes use the GPT's own code
+        embedding, so the sheet's code at place t and the same code in the panel start as the same
+        vector; code K, "no character", is one learned vector."""
         k = self.config.vocab_size
-        codes = self.gpt.tok_emb(reference.clamp(max=k - 1))  # (B, L, E)
-        return torch.where((reference < k)[..., None], codes, self.no_character)
+        codes = self.gpt.tok_emb(reference.clamp(max=k - 1))  # (B, V, L, E)
+        codes = torch.where((reference < k)[..., None], codes, self.no_character)
+        return torch.einsum("bv,bvle->ble", self.view_weights(words), codes)
 
     def dropped(self, style: torch.Tensor, text: torch.Tensor, reference: torch.Tensor,
                 drop_style: torch.Tensor, drop_text: torch.Tensor, drop_reference: torch.Tensor):
         """The conditions with the rows marked True (B,) bool replaced by "no style", the empty caption
         and "no character"."""
         return (style.masked_fill(drop_style, self.config.styles), text.masked_fill(drop_text[:, None], 0),
-                reference.masked_fill(drop_reference[:, None, None], self.config.vocab_size))
+                reference.masked_fill(drop_reference[:, None, None, None], self.config.vocab_size))
 
     def guided_levels(self, style: torch.Tensor, text: torch.Tensor, reference: torch.Tensor):
-        """The LEVELS = 4 condition rows of nested guidance, stacked: (4B,), (4B, P), (4B, h, w):
+        """The LEVELS = 4 condition rows of nested guidance, stacked: (4B,), (4B, P), (4B, V, h, w):
         none; character; character + style; character + style + caption."""
         n = len(style)
         keep = torch.zeros(n, dtype=torch.bool, device=style.device)  # (B,) a "drop" mask that drops nothing
@@ -163,7 +184,8 @@ class StoryPrior(nn.Module):
         """Negative log-likelihood in nats per code of panels' codes (B, h, w) given their conditions -> (B,)."""
         check_tokens(indices, self.config.vocab_size, f"(B, {self.config.grid[0]}, {self.config.grid[1]})", 3)
         self.check(style, text, reference)
-        return self.gpt.nll(indices.flatten(1), context=self.context(style, text, reference))
+        context, aligned = self.context(style, text, reference)
+        return self.gpt.nll(indices.flatten(1), context=context, aligned=aligned)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -196,11 +218,11 @@ class StoryPrior(nn.Module):
         rows = len(conditions[0])
         tokens = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (R, 0)
         with evaluating(self):
-            context = self.context(*conditions)  # (R, 1 + P + L, E)
+            context, aligned = self.context(*conditions)  # (R, 1 + P, E), (R, L, E)
             caches = [KVCache() for _ in range(self.config.n_layer)]
             new = tokens
             for t in range(self.config.tokens):
-                logits = self.gpt.next_logits(new, context=context, caches=caches)  # (R, K)
+                logits = self.gpt.next_logits(new, context=context, caches=caches, aligned=aligned)  # (R, K)
                 if guided:
                     logits = self.guide(logits, guidance)  # (B, K)
                 code = sample_from_logits(logits, temperature, top_k)  # (B,)
@@ -212,8 +234,8 @@ class StoryPrior(nn.Module):
 
 
 def story_prior_loss(model: StoryPrior, batch: tuple) -> Mapping[str, torch.Tensor]:
-    """Loss for ``fit`` on a batch (codes (B, h, w), style (B,), caption ids (B, P), reference codes
-    (B, h, w)): mean NLL per code, each condition dropped on its own while training."""
+    """Loss for ``fit`` on a batch (codes (B, h, w), style (B,), caption ids (B, P), sheets of codes
+    (B, V, h, w)): mean NLL per code, each condition dropped on its own while training."""
     indices, style, text, reference = batch
     p = model.config.condition_dropout
     if model.training and p > 0:
@@ -227,8 +249,8 @@ def logits_of_zeros(model: StoryPrior, style: torch.Tensor, text: torch.Tensor,
                     reference: torch.Tensor) -> torch.Tensor:
     """The logits of every position from ONE forward pass whose inputs are all code 0, as seed 004's
     ``LatentTransformer`` fed zeros: (B, L, K). Kept to measure that mistake, not to sample with."""
-    context = model.context(style, text, reference)  # (B, 1 + P + L, E)
+    context, aligned = model.context(style, text, reference)  # (B, 1 + P, E), (B, L, E)
     zeros = torch.zeros(len(style), model.config.tokens - 1, dtype=torch.long, device=model_device(model))
-    first = model.gpt.next_logits(zeros[:, :0], context=context)[:, None]  # (B, 1, K)
-    return torch.cat([first, model.gpt(zeros, context=context)], dim=1)  # (B, L, K)
+    first = model.gpt.next_logits(zeros[:, :0], context=context, aligned=aligned)[:, None]  # (B, 1, K)
+    return torch.cat([first, model.gpt(zeros, context=context, aligned=aligned)], dim=1)  # (B, L, K)
 

@@ -2,9 +2,10 @@
 
 What is in it: ``story_sets`` (the chapter's train, validation and test stories, from disjoint MNIST
 instances), ``caption_words`` (the caption vocabulary, from every possible caption), the panel
-tokenizer (``train_panel_tokenizer``: the book's ``VQVAE`` on RGB panels), the prior
+tokenizer (``train_panel_tokenizer``: ``vqlib.tokenizers.conditional.ConditionalVQVAE``, which encodes a
+panel's ink layer and draws the painted panel told its colour and style, ``paint_of``), the prior
 (``train_story_prior``: ``vqlib.priors.story_prior.StoryPrior`` on the codes of every training panel
-with its caption, style and the codes of its character sheet), the samplers (``illustrate``: token by
+with its caption, style and the codes of the views of its character sheet), the samplers (``illustrate``: token by
 token with the cache; ``illustrate_like_seed004``: seed 004's one pass over zeros, every position
 drawn independently; without the character it is the "independent panels" baseline), the
 measurements (``consistency``, ``mixed_characters``, ``faithfulness``), the sampler's settings chosen on
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from vqlib.core.device import model_device, to_device
@@ -28,12 +30,12 @@ from vqlib.core.inference import in_batches
 from vqlib.core.profile import pick, seed_everything
 from vqlib.data.mnist import mnist
 from vqlib.data.stories import (DIGIT_NAMES, LEANS, POSITIONS, SIZES, Plan, State, Stories, StoryConfig, caption,
-                                digit_box, make_stories)
+                                colour_table, digit_box, make_stories, view_index)
 from vqlib.judges.panels import HEADS, InstanceJudge, PanelJudge, read_panels, same_character
 from vqlib.priors.base import sample_from_logits
 from vqlib.priors.story_prior import StoryPrior, StoryPriorConfig, logits_of_zeros, story_prior_loss
 from vqlib.priors.text import CaptionTokenizer
-from vqlib.tokenizers.vqvae import VQVAE, VQVAEConfig, vqvae_loss
+from vqlib.tokenizers.conditional import ConditionalVQVAE, ConditionalVQVAEConfig, conditional_vqvae_loss
 from vqlib.training.checkpoints import checkpoint_path, data_digest
 from vqlib.training.loop import History, TrainConfig, fit
 
@@ -70,10 +72,14 @@ def caption_words(config: StoryConfig) -> CaptionTokenizer:
 
 # ----------------------------------------------------------------------------- the panel tokenizer
 
-OFFSET = 0.5  # the tokenizer reads panels minus 0.5: centred inputs train faster (paper is near 1, a board near 0)
+OFFSET = 0.5  # the tokenizer reads ink minus 0.5 and draws panels minus 0.5: centred values train faster
 
-def panel_tokenizer_config(profile: str | None = None) -> VQVAEConfig:
-    return VQVAEConfig.for_profile(profile, in_channels=3, downsample=4, **pick(
+
+def panel_tokenizer_config(config: StoryConfig, profile: str | None = None) -> ConditionalVQVAEConfig:
+    """The panel tokenizer: it encodes a panel's ink layer (1 channel) and draws the painted panel (3),
+    told the panel's colour (RGB) and style (one-hot)."""
+    return ConditionalVQVAEConfig.for_profile(profile, in_channels=1, out_channels=3, downsample=4,
+                                              condition_dim=3 + len(config.styles), **pick(
         smoke=dict(codebook_size=32), quick=dict(hidden=48, res_hidden=16, res_blocks=1, codebook_size=128,
                                                  code_dim=16),
         full=dict(hidden=128, codebook_size=512, code_dim=32), profile=profile))
@@ -81,36 +87,51 @@ def panel_tokenizer_config(profile: str | None = None) -> VQVAEConfig:
 
 def panel_tokenizer_train_config(profile: str | None = None, **overrides) -> TrainConfig:
     # quick: many small batches; steps of 16 panels reconstructed strokes and colours far better than half
-    # as many steps of 32 at the same cost
-    defaults = dict(steps=pick(10, 1500, 20_000, profile=profile), batch_size=pick(8, 16, 64, profile=profile),
+    # as many steps of 32 at the same cost (validation panels: 3000 steps 30.2 dB, 1500 steps 28.2 dB)
+    defaults = dict(steps=pick(10, 3000, 20_000, profile=profile), batch_size=pick(8, 16, 64, profile=profile),
                     lr=2e-3, cosine=True, log_every=pick(5, 100, 200, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
 
 
+def paint_of(stories: Stories, plans: tuple[Plan, ...] | None = None, styles: torch.Tensor | None = None) -> torch.Tensor:
+    """What the decoder is told of every panel of ``stories`` (or of the same characters with other
+    ``plans``, or in other ``styles`` (N,) long): its colour's RGB and its style one-hot -> (N·P, 3 + styles)."""
+    plans = stories.plans if plans is None else plans
+    styles = stories.styles if styles is None else styles
+    c = stories.config
+    colours = torch.tensor([s.colour for plan in plans for s in plan.states()])  # (N·P,)
+    style = F.one_hot(styles.repeat_interleave(c.panels), len(c.styles)).float()  # (N·P, styles)
+    return torch.cat([colour_table(c)[colours], style], dim=1)
+
+
 def train_panel_tokenizer(stories: Stories, profile: str | None = None,
-                          progress: bool | None = None) -> tuple[VQVAE, History]:
-    """The book's VQ-VAE trained on the panels and character sheets of ``stories`` (or loaded from the cache)."""
-    config, train_config = panel_tokenizer_config(profile), panel_tokenizer_train_config(profile)
+                          progress: bool | None = None) -> tuple[ConditionalVQVAE, History]:
+    """The panel tokenizer trained on the panels of ``stories``: ink layer in, painted panel out (or
+    loaded from the cache)."""
+    config = panel_tokenizer_config(stories.config, profile)
+    train_config = panel_tokenizer_train_config(profile)
     seed_everything(train_config.seed)
-    data = TensorDataset(torch.cat([stories.panels.flatten(0, 1), stories.sheets]) - OFFSET)  # (N·P + N, 3, S, S)
-    model = VQVAE(config)
-    history = fit(model, vqvae_loss, data, train_config, progress=progress,
+    data = TensorDataset(stories.inks.flatten(0, 1) - OFFSET, paint_of(stories),
+                         stories.panels.flatten(0, 1) - OFFSET)  # (N·P, 1, S, S), (N·P, E), (N·P, 3, S, S)
+    model = ConditionalVQVAE(config)
+    history = fit(model, conditional_vqvae_loss, data, train_config, progress=progress,
                   checkpoint=checkpoint_path("ch10-panel-tokenizer", config, train_config,
                                              {"data": data_digest(*data.tensors)}))
     return model.eval(), history
 
 
-def encode(tokenizer: VQVAE, x: torch.Tensor) -> torch.Tensor:
-    """Panels (..., 3, S, S) in [0, 1] -> codes (..., h, w) long, on the CPU."""
-    codes = in_batches(lambda b: tokenizer.encode(b - OFFSET), tokenizer, x.reshape(-1, *x.shape[-3:]))  # (M, h, w)
-    return codes.view(*x.shape[:-3], *codes.shape[-2:])
+def encode(tokenizer: ConditionalVQVAE, ink: torch.Tensor) -> torch.Tensor:
+    """Ink layers (..., 1, S, S) in [0, 1] -> codes (..., h, w) long, on the CPU."""
+    codes = in_batches(lambda b: tokenizer.encode(b - OFFSET), tokenizer, ink.reshape(-1, *ink.shape[-3:]))
+    return codes.view(*ink.shape[:-3], *codes.shape[-2:])
 
 
-def decode(tokenizer: VQVAE, codes: torch.Tensor) -> torch.Tensor:
-    """Codes (..., h, w) -> panels (..., 3, S, S) in [0, 1], on the CPU."""
-    flat = codes.reshape(-1, *codes.shape[-2:])  # (M, h, w)
-    x = in_batches(lambda c: (tokenizer.decode(c) + OFFSET).clamp(0, 1), tokenizer, flat)  # (M, 3, S, S)
-    return x.view(*codes.shape[:-2], *x.shape[-3:])
+def decode(tokenizer: ConditionalVQVAE, codes: torch.Tensor, paint: torch.Tensor) -> torch.Tensor:
+    """Codes (M, h, w) painted as ``paint`` (M, 3 + styles) says (``paint_of``) -> panels (M, 3, S, S)
+    in [0, 1], on the CPU."""
+    if len(codes) != len(paint):
+        raise ValueError(f"need one paint row per code map: {len(codes)} code maps, {len(paint)} rows")
+    return in_batches(lambda c, p: (tokenizer.decode(c, p) + OFFSET).clamp(0, 1), tokenizer, (codes, paint))
 
 
 # ----------------------------------------------------------------------------- the prior
@@ -121,7 +142,7 @@ class Conditions:
 
     style: torch.Tensor  # (N·P,) long
     text: torch.Tensor  # (N·P, P_words) long caption ids
-    reference: torch.Tensor  # (N·P, h, w) long: the codes of the story's character sheet
+    reference: torch.Tensor  # (N·P, V, h, w) long: the codes of the views of the story's character sheet
 
 
 def conditions(stories: Stories, words: CaptionTokenizer, sheet_codes: torch.Tensor,
@@ -135,19 +156,19 @@ def conditions(stories: Stories, words: CaptionTokenizer, sheet_codes: torch.Ten
 
 
 def story_prior_train_config(profile: str | None = None, **overrides) -> TrainConfig:
-    defaults = dict(steps=pick(10, 700, 20_000, profile=profile), batch_size=pick(8, 24, 64, profile=profile),
+    defaults = dict(steps=pick(10, 1000, 20_000, profile=profile), batch_size=pick(8, 24, 64, profile=profile),
                     lr=pick(5e-3, 4e-3, 1e-3, profile=profile), warmup_steps=pick(0, 20, 500, profile=profile),
                     cosine=True, log_every=pick(5, 50, 200, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
 
 
-def train_story_prior(tokenizer: VQVAE, stories: Stories, words: CaptionTokenizer, profile: str | None = None,
-                      progress: bool | None = None) -> tuple[StoryPrior, History]:
+def train_story_prior(tokenizer: ConditionalVQVAE, stories: Stories, words: CaptionTokenizer,
+                      profile: str | None = None, progress: bool | None = None) -> tuple[StoryPrior, History]:
     """The story prior trained on the codes of every panel of ``stories`` with its caption, style and
     the codes of its character sheet (or loaded from the cache)."""
-    codes, sheet_codes = encode(tokenizer, stories.panels), encode(tokenizer, stories.sheets)  # (N, P, h, w), (N, h, w)
+    codes, sheet_codes = encode(tokenizer, stories.inks), encode(tokenizer, stories.sheets)  # (N, P | V, h, w)
     cond = conditions(stories, words, sheet_codes)
-    config = StoryPriorConfig.for_profile(tokenizer.config.codebook_size, codes.shape[-2:],
+    config = StoryPriorConfig.for_profile(tokenizer.config.codebook_size, codes.shape[-2:], sheet_codes.shape[1],
                                           len(stories.config.styles), words.words, words.length, profile=profile)
     train_config = story_prior_train_config(profile)
     seed_everything(train_config.seed)
@@ -186,6 +207,16 @@ def illustrate_like_seed004(prior: StoryPrior, cond: Conditions, guidance: tuple
     logits = prior.guide(logits_of_zeros(prior, *levels), guidance)  # (N·P, L, K)
     codes = sample_from_logits(logits.flatten(0, 1), temperature).view(len(logits), *prior.config.grid)
     return codes.cpu()
+
+
+def chosen_views(prior: StoryPrior, cond: Conditions) -> torch.Tensor:
+    """The view of the sheet each panel's caption weighs most -> (N·P,) long, on the CPU."""
+    return in_batches(lambda t: prior.view_weights(prior.text(t)).argmax(1), prior, cond.text)
+
+
+def panel_views(stories: Stories) -> torch.Tensor:
+    """The view of the sheet each panel of ``stories`` shows -> (N·P,) long."""
+    return torch.tensor([view_index(s, stories.config) for plan in stories.plans for s in plan.states()])
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -242,7 +273,7 @@ class SamplerChoice:
     table: dict[tuple[float, float], dict[str, float]]  # (w_char, temperature) -> each rate (0-1), and their "mean"
 
 
-def choose_sampler(prior: StoryPrior, tokenizer: VQVAE, stories: Stories, words: CaptionTokenizer,
+def choose_sampler(prior: StoryPrior, tokenizer: ConditionalVQVAE, stories: Stories, words: CaptionTokenizer,
                    panel_judge: PanelJudge, instance_judge: InstanceJudge,
                    grid: tuple[tuple[float, float], ...] = SAMPLER_GRID, seed: int = 0) -> SamplerChoice:
     """The character weight and temperature of ``grid`` under which validation ``stories`` score best.
@@ -255,12 +286,13 @@ def choose_sampler(prior: StoryPrior, tokenizer: VQVAE, stories: Stories, words:
     if not grid:
         raise ValueError("grid must hold at least one (character weight, temperature) pair")
     cond = conditions(stories, words, encode(tokenizer, stories.sheets))
+    paint = paint_of(stories)
     truth = panel_truth(stories)
     c = stories.config
     table = {}
     for w_char, temperature in grid:
         codes = illustrate(prior, cond, (w_char, 1.0, 1.0), temperature, seed=seed)
-        x = decode(tokenizer, codes).view(len(stories), c.panels, 3, c.side, c.side)
+        x = decode(tokenizer, codes, paint).view(len(stories), c.panels, 3, c.side, c.side)
         rates = {k: float(v.mean()) for k, v in faithfulness(panel_judge, x.flatten(0, 1), truth).items()}
         rates["consistency"] = float(consistency(instance_judge, x).mean())
         table[(w_char, temperature)] = {**rates, "mean": sum(rates.values()) / len(rates)}
