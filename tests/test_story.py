@@ -160,6 +160,10 @@ def test_story_prior_is_causal_and_reads_its_conditions():
     moved = (nll_rows(one_view) - nll_rows(cond.reference)).abs().amax((0, 2))  # (rows,)
     p = context.shape[1]
     assert moved[p + 14] > 0 and moved[: p + 14].max() == 0  # only the row predicting code 14 reads it
+    with pytest.raises(ValueError, match="one per token"):
+        prior.gpt.nll(codes.flatten(1), context=context, aligned=aligned[:, :5])
+    with pytest.raises(ValueError, match="V=8"):
+        prior.nll(codes, cond.style, cond.text, cond.reference[:, 0])  # one view is not a sheet
     loss = story_prior_loss(prior.train(), (codes, cond.style, cond.text, cond.reference))["loss"]
     loss.backward()
     assert torch.isfinite(loss) and prior.no_character.grad is not None or prior.gpt.tok_emb.weight.grad is not None

@@ -164,14 +164,15 @@ def story_prior_train_config(profile: str | None = None, **overrides) -> TrainCo
 
 
 def train_story_prior(tokenizer: ConditionalVQVAE, stories: Stories, words: CaptionTokenizer,
-                      profile: str | None = None, progress: bool | None = None) -> tuple[StoryPrior, History]:
+                      profile: str | None = None, progress: bool | None = None,
+                      **overrides) -> tuple[StoryPrior, History]:
     """The story prior trained on the codes of every panel of ``stories`` with its caption, style and
-    the codes of its character sheet (or loaded from the cache)."""
+    the codes of its character sheet (or loaded from the cache); ``overrides`` change the TrainConfig."""
     codes, sheet_codes = encode(tokenizer, stories.inks), encode(tokenizer, stories.sheets)  # (N, P | V, h, w)
     cond = conditions(stories, words, sheet_codes)
     config = StoryPriorConfig.for_profile(tokenizer.config.codebook_size, codes.shape[-2:], sheet_codes.shape[1],
                                           len(stories.config.styles), words.words, words.length, profile=profile)
-    train_config = story_prior_train_config(profile)
+    train_config = story_prior_train_config(profile, **overrides)
     seed_everything(train_config.seed)
     data = TensorDataset(codes.flatten(0, 1), cond.style, cond.text, cond.reference)
     model = StoryPrior(config)
