@@ -233,7 +233,7 @@ class GPT(nn.Module):
         ``aligned`` (B, L + 1, C): a vector added to the input that predicts each token."""
         p = self._check(tokens, cond, context)
         self.check_aligned(aligned, len(tokens), tokens.shape[1] + 1)
-        return self._logits(tokens, cond, context=context, aligned=aligned)[:, 1 + p:]  # from the row predicting token 1
+        return self._logits(tokens, cond, context=context, aligned=aligned)[:, 1 + p:]  # rows predicting tokens 1..L
 
     def nll(self, tokens: torch.Tensor, cond: torch.Tensor | None = None,
             context: torch.Tensor | None = None, aligned: torch.Tensor | None = None) -> torch.Tensor:

@@ -94,7 +94,8 @@ def panel_tokenizer_train_config(profile: str | None = None, **overrides) -> Tra
     return TrainConfig(**{**defaults, **overrides})
 
 
-def paint_of(stories: Stories, plans: tuple[Plan, ...] | None = None, styles: torch.Tensor | None = None) -> torch.Tensor:
+def paint_of(stories: Stories, plans: tuple[Plan, ...] | None = None,
+             styles: torch.Tensor | None = None) -> torch.Tensor:
     """What the decoder is told of every panel of ``stories`` (or of the same characters with other
     ``plans``, or in other ``styles`` (N,) long): its colour's RGB and its style one-hot -> (N·P, 3 + styles)."""
     plans = stories.plans if plans is None else plans
