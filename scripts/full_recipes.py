@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -54,8 +53,8 @@ from vqlib.recipes.ch07_maskgit import mnist_maskgit_config, mnist_maskgit_train
 from vqlib.recipes.ch08_video_tokenizers import (TIME_MIXING, equal_bits_configs, time_mixing_configs,
                                                  time_mixing_train_config, video_train_config)
 from vqlib.recipes.ch09_video_generation import KTH_TOKENIZER, superres_train_config, video_prior_train_config
-from vqlib.recipes.ch10_stories import (caption_words, panel_tokenizer_config, panel_tokenizer_train_config,
-                                        story_prior_train_config)
+from vqlib.recipes.ch10_stories import (caption_words, paint_condition, panel_tokenizer_config,
+                                        panel_tokenizer_train_config, story_prior_train_config)
 from vqlib.data.stories import StoryConfig, sheet_views
 from vqlib.judges.panels import (InstanceJudge, InstanceJudgeConfig, PanelJudge, PanelJudgeConfig,
                                  instance_judge_loss, judge_train_config, panel_judge_loss)
@@ -399,7 +398,7 @@ def story_tokenizer() -> FullRun:
     config = panel_tokenizer_config(CH10, FULL)
 
     def example(n: int) -> tuple:  # ink layer, what to paint (RGB, style one-hot), the painted panel
-        paint = torch.cat([torch.rand(n, 3), F.one_hot(_labels(n, len(CH10.styles)), len(CH10.styles)).float()], 1)
+        paint = paint_condition(CH10, _labels(n, len(CH10.colours)), _labels(n, len(CH10.styles)))
         return _images(n, 1, CH10.side), paint, _images(n, 3, CH10.side)
 
     return FullRun(ConditionalVQVAE(config), panel_tokenizer_train_config(FULL), example, conditional_vqvae_loss,

@@ -322,7 +322,7 @@ def view_index(state: State, config: StoryConfig) -> int:
     """Which view of ``sheet_views(config)`` shows a panel of ``state`` (its colour aside)."""
     if state.lean and not config.lean:
         raise ValueError(f"a leaning state {state} has no view in a sheet of upright drawings (config.lean=False)")
-    return (state.lean * len(SIZES) + state.size) * len(POSITIONS) + state.position
+    return sheet_views(config).index(dataclasses.replace(state, colour=0))
 
 
 def character_sheet(digits: torch.Tensor, config: StoryConfig) -> torch.Tensor:

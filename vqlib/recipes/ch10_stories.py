@@ -3,7 +3,7 @@
 What is in it: ``story_sets`` (the chapter's train, validation and test stories, from disjoint MNIST
 instances), ``caption_words`` (the caption vocabulary, from every possible caption), the panel
 tokenizer (``train_panel_tokenizer``: ``vqlib.tokenizers.conditional.ConditionalVQVAE``, which encodes a
-panel's ink layer and draws the painted panel told its colour and style, ``paint_of``), the prior
+panel's ink layer and draws the painted panel told its colour and style, ``paint_condition`` and ``paint_of``), the prior
 (``train_story_prior``: ``vqlib.priors.story_prior.StoryPrior`` on the codes of every training panel
 with its caption, style and the codes of the views of its character sheet), the samplers (``illustrate``: token by
 token with the cache; ``illustrate_like_seed004``: seed 004's one pass over zeros, every position
@@ -94,16 +94,19 @@ def panel_tokenizer_train_config(profile: str | None = None, **overrides) -> Tra
     return TrainConfig(**{**defaults, **overrides})
 
 
+def paint_condition(config: StoryConfig, colours: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """What the decoder is told of panels in colours and styles (M,) long (indices into the config's
+    colours and styles): the colour's RGB and the style one-hot -> (M, 3 + styles)."""
+    return torch.cat([colour_table(config)[colours], F.one_hot(styles, len(config.styles)).float()], dim=1)
+
+
 def paint_of(stories: Stories, plans: tuple[Plan, ...] | None = None,
              styles: torch.Tensor | None = None) -> torch.Tensor:
-    """What the decoder is told of every panel of ``stories`` (or of the same characters with other
-    ``plans``, or in other ``styles`` (N,) long): its colour's RGB and its style one-hot -> (N·P, 3 + styles)."""
-    plans = stories.plans if plans is None else plans
-    styles = stories.styles if styles is None else styles
-    c = stories.config
-    colours = torch.tensor([s.colour for plan in plans for s in plan.states()])  # (N·P,)
-    style = F.one_hot(styles.repeat_interleave(c.panels), len(c.styles)).float()  # (N·P, styles)
-    return torch.cat([colour_table(c)[colours], style], dim=1)
+    """``paint_condition`` of every panel of ``stories`` (or of the same characters with other
+    ``plans``, or in other ``styles`` (N,) long) -> (N·P, 3 + styles)."""
+    truth = panel_truth(stories, plans)
+    style = truth["style"] if styles is None else styles.repeat_interleave(stories.config.panels)
+    return paint_condition(stories.config, truth["colour"], style)
 
 
 def train_panel_tokenizer(stories: Stories, profile: str | None = None,
