@@ -210,6 +210,25 @@ def test_recipes_train_once_then_load():
     assert sample_one_level(baseline, prior, (16, 16), 3).shape == (3, 3, 64, 64)
 
 
+def test_chapter_4_trains_every_model_per_seed_on_its_own_crop_size():
+    from vqlib.recipes.ch04_vqvae2 import image_size
+
+    assert (image_size("smoke"), image_size("quick"), image_size("full")) == (32, 32, 128)
+    model, history = train_photo_vqvae2("smoke", steps=3)
+    other, _ = train_photo_vqvae2("smoke", steps=3, seed=1)
+    assert history.steps == 3 and not torch.equal(model.decoder.net[0].weight, other.decoder.net[0].weight)
+    top, bottom = model.encode(torch.rand(6, 3, 32, 32))
+    first, again, second = (train_photo_priors(model, top, bottom, "smoke", **seed) for seed in ({}, {"seed": 0},
+                                                                                             {"seed": 1}))
+    for a, b, c in zip(first[:2], again[:2], second[:2]):  # the top prior, then the bottom prior
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())  # seed 0 is the default
+        assert not all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+    baseline, _ = train_photo_vqvae("smoke", steps=3)
+    codes = baseline.encode(torch.rand(6, 3, 32, 32))
+    one, two = train_baseline_prior(baseline, codes, "smoke")[0], train_baseline_prior(baseline, codes, "smoke", seed=1)[0]
+    assert not torch.equal(one.tok_emb.weight, two.tok_emb.weight)
+
+
 def test_spectrum_features_see_blur_and_noise():
     from vqlib.recipes.ch04_vqvae2 import spectrum_features
 

@@ -3,14 +3,15 @@
 What is in it: ``train_photo_vqvae2`` (the two-level model of ``vqlib.tokenizers.vqvae2``),
 ``train_photo_vqvae`` (the one-level baseline: a chapter 2 VQ-VAE at factor 4 whose codebook gets the
 two-level model's code bits, ``equal_bits_codebook_size``), both trained by ``fit_on_photos`` on
-``photos("train")`` and scored as they train on ``photos("val")`` (``image_scores``: PSNR and SSIM;
-``per_image_scores`` gives one number per image, for ``bootstrap_ci``); ``train_photo_priors`` (stage 2,
-a GPT over the top codes, ``train_map_prior``; stage 3, a ``BottomPrior`` GPT over the bottom codes given the top, also
-trained alone with another seed by ``train_bottom_prior``) and ``train_baseline_prior`` (``train_map_prior``
-over the baseline's codes: the same size and budget); ``sample_two_levels`` and ``sample_one_level``;
+``photos("train")`` crops of ``image_size`` and scored as they train on ``photos("val")``
+(``image_scores``: PSNR and SSIM; ``per_image_scores`` gives one number per image); ``train_photo_priors``
+(stage 2, a GPT over the top codes, ``train_map_prior``; stage 3, a ``BottomPrior`` GPT over the bottom codes
+given the top, ``train_bottom_prior``) and ``train_baseline_prior`` (``train_map_prior`` over the baseline's
+codes: the same size and budget); ``sample_two_levels`` and ``sample_one_level``;
 ``position_dependence`` (which earlier codes a GPT's prediction can see); ``spectrum_features`` (the
-feature space of the samples' Fréchet distance). Every recipe trains once per profile and config,
-then loads from the checkpoint cache.
+feature space of the samples' Fréchet distance). Every recipe takes a training ``seed``
+(initialisation and batch order; the chapter trains every model with three), trains once per
+profile, config and seed, then loads from the checkpoint cache.
 
 Dimension key: N examples, C image channels, H W image height and width, h w bottom code map,
 ht wt top code map, L tokens, K codebook size.
@@ -66,12 +67,24 @@ def spectrum_features(x: torch.Tensor) -> torch.Tensor:
     return band_power(x).log().float()
 
 
-def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
-    """The training budget of the chapter 4 autoencoders (both get the same), in steps.
+def image_size(profile: str | None = None) -> int:
+    """The side of chapter 4's crops: 32 in smoke and quick (a 4×4 top and an 8×8 bottom code map), 128 in full.
 
-    ``quick`` is sized so that chapter 4, with its five priors, runs within 3 minutes on a 2-core CPU.
+    32 pixels keep three training seeds of both autoencoders and of the three priors within the
+    chapter's 3 minutes on a 2-core CPU.
     """
-    defaults = dict(steps=pick(10, 400, 30_000, profile=profile), batch_size=pick(16, 16, 128, profile=profile),
+    return pick(32, 32, 128, profile=profile)
+
+
+def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
+    """The training budget of the chapter 4 autoencoders (both get the same), in steps; ``seed`` picks a run.
+
+    ``quick`` is sized so that chapter 4, with three seeds of both autoencoders and of the three
+    priors, runs within 3 minutes on a 2-core CPU. Its 600 steps were chosen on validation crops,
+    seeds 0-2: at 400, the two-level model's validation PSNR ranged over 1.4 dB between the seeds
+    and another crop's top codes cost one seed only 0.6 dB; at 600, 21.1-21.7 dB and 2.8-5.3 dB.
+    """
+    defaults = dict(steps=pick(10, 600, 30_000, profile=profile), batch_size=pick(16, 16, 128, profile=profile),
                     lr=pick(2e-3, 2e-3, 3e-4, profile=profile), cosine=True,
                     log_every=pick(5, 25, 100, profile=profile))
     return TrainConfig(**{**defaults, **overrides})
@@ -79,8 +92,10 @@ def photo_train_config(profile: str | None = None, **overrides) -> TrainConfig:
 
 def fit_on_photos(name: str, model: nn.Module, loss_fn, train_config: TrainConfig,
                   profile: str | None = None) -> History:
-    """Train an autoencoder on ``photos("train")`` (or load it from the cache), scored on ``photos("val")``."""
-    val, train = photos("val", profile=profile), photos("train", profile=profile)
+    """Train an autoencoder on ``photos("train")`` crops of ``image_size`` (or load it from the cache), scored on
+    ``photos("val")``."""
+    size = image_size(profile)
+    val, train = photos("val", size, profile), photos("train", size, profile)
     return fit(model, loss_fn, train, train_config, eval_fn=lambda m: image_scores(m, val),
                checkpoint=checkpoint_path(name, model.config, train_config, data=train, profile=profile))
 
@@ -125,17 +140,19 @@ def prior_config(vocab_size: int, block_size: int, profile: str | None = None) -
 
 
 def train_photo_priors(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, profile: str | None = None,
-                       val: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[GPT, BottomPrior, dict]:
+                       val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       seed: int = 0) -> tuple[GPT, BottomPrior, dict]:
     """Stages 2 and 3: a GPT over the top codes in raster order, then a GPT over the bottom codes given the top.
 
     top (N, ht, wt) and bottom (N, h, w) are the training codes (``model.encode``); ``val`` = the (top,
-    bottom) codes of ``photos("val")`` adds validation bits per code to the histories. The top prior
-    reads a map flattened, (N, ht·wt): attention lets its last position see every earlier one. Both
-    priors are cached, keyed by the codes. Returns (top prior, bottom prior, {"top": History, "bottom": History}).
+    bottom) codes of ``photos("val")`` adds validation bits per code to the histories; ``seed`` sets
+    both priors' initialisation and batch order. The top prior reads a map flattened, (N, ht·wt):
+    attention lets its last position see every earlier one. Both priors are cached, keyed by the codes.
+    Returns (top prior, bottom prior, {"top": History, "bottom": History}).
     """
     top_prior, top_history = train_map_prior("photo-top-prior", top, model.config.codebook_size, profile,
-                                             None if val is None else val[0])
-    bottom_prior, bottom_history = train_bottom_prior(model, top, bottom, profile, val)
+                                             None if val is None else val[0], seed)
+    bottom_prior, bottom_history = train_bottom_prior(model, top, bottom, profile, val, seed)
     return top_prior, bottom_prior, {"top": top_history, "bottom": bottom_history}
 
 
@@ -157,22 +174,23 @@ def train_bottom_prior(model: VQVAE2, top: torch.Tensor, bottom: torch.Tensor, p
 
 
 def train_map_prior(name: str, codes: torch.Tensor, codebook_size: int, profile: str | None = None,
-                    val: torch.Tensor | None = None) -> tuple[GPT, History]:
+                    val: torch.Tensor | None = None, seed: int = 0) -> tuple[GPT, History]:
     """A GPT over code maps (N, h, w) in raster order, of the chapter's prior size and budget, cached as ``name``.
 
-    ``val``: validation codes (N', h, w), whose bits per code the history records. Cached, keyed by the codes.
+    ``val``: validation codes (N', h, w), whose bits per code the history records; ``seed``: the
+    initialisation and batch order. Cached, keyed by the codes.
     """
-    config = prior_train_config(profile)
-    seed_everything(config.seed)
+    config = prior_train_config(profile, seed=seed)
+    seed_everything(seed)
     prior = GPT(prior_config(codebook_size, codes[0].numel(), profile))
     history = train_prior(prior, codes.flatten(1), config, name, test=None if val is None else (val.flatten(1), None))
     return prior, history
 
 
 def train_baseline_prior(baseline: VQVAE, codes: torch.Tensor, profile: str | None = None,
-                         val: torch.Tensor | None = None) -> tuple[GPT, History]:
+                         val: torch.Tensor | None = None, seed: int = 0) -> tuple[GPT, History]:
     """The one-level baseline's prior: ``train_map_prior`` over its codes (N, h, w), the top prior's size and budget."""
-    return train_map_prior("photo-baseline-prior", codes, baseline.config.codebook_size, profile, val)
+    return train_map_prior("photo-baseline-prior", codes, baseline.config.codebook_size, profile, val, seed)
 
 
 @torch.no_grad()
