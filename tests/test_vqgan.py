@@ -10,7 +10,7 @@ from vqlib.losses.vqgan import VQGANLoss, VQGANLossConfig, adaptive_weight
 from vqlib.recipes.ch05_vqgan import (OBJECTIVES, fine_tune_decoder, held_out_scores, train_photo_vqgan,
                                       train_photo_vqgan_baseline, train_photo_vqvae)
 from vqlib.tokenizers.vqgan import VQGAN, AttentionBlock, FrozenCodes, VQGANConfig
-from vqlib.training.gan import GANStep
+from vqlib.training.gan import GANStep, pretrain_discriminator
 from vqlib.training.loop import TrainConfig, fit
 
 TINY = VQGANConfig(hidden=8, channel_mult=(1, 2), res_blocks=1, norm_groups=4, codebook_size=16, code_dim=4,
@@ -278,10 +278,48 @@ def test_recipes_run_in_smoke():
     assert not any("perceptual" in r or "lambda" in r for r in control_history.train)
     assert control.config == tuned.config == model.config
     assert OBJECTIVES["vqgan"].disc_start == 0 and OBJECTIVES["mse"].disc_weight == 0
+    pretrained, pretrained_history = fine_tune_decoder(model, "vqgan", profile="smoke", steps=3, seed=1,
+                                                       pretrain_steps=2)
+    assert pretrained_history.steps == 3 and torch.equal(pretrained.encode(x), model.encode(x))
+    assert not torch.equal(pretrained(x).x_hat, tuned(x).x_hat)  # another run, not the cached one above
     with pytest.raises(ValueError, match="unknown objective"):
         fine_tune_decoder(model, "lpips", profile="smoke")
+    for objective, steps in (("mse", 2), ("vqgan", -1)):
+        with pytest.raises(ValueError, match="pretrain_steps must be"):
+            fine_tune_decoder(model, objective, profile="smoke", pretrain_steps=steps)
     with pytest.raises(TypeError, match="unknown overrides"):
         train_photo_vqgan(profile="smoke", colour=1)
+
+
+def test_pretraining_teaches_the_discriminator_alone_to_tell_fixed_reconstructions_apart(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(16, 3, 16, 16, generator=g)
+    fake = F.avg_pool2d(real, 3, stride=1, padding=1, count_include_pad=False)  # a blur: the reconstructions' tell
+    criterion = tiny_loss(perceptual_weight=0.0)
+    disc = criterion.discriminator
+    config = TrainConfig(steps=30, batch_size=8, lr=2e-3, betas=(0.5, 0.9), log_every=10)
+
+    def gap() -> float:  # mean logit of the real crops minus that of their reconstructions, in one batch
+        disc.train()  # as in training: BatchNorm normalises the batch of both
+        with torch.no_grad():
+            logits_real, logits_fake = criterion.scores(real, fake)
+        return float(logits_real.mean() - logits_fake.mean())
+
+    initial = {k: v.clone() for k, v in disc.state_dict().items()}
+    before = gap()
+    disc.load_state_dict(initial)  # the BatchNorm statistics as they were
+    history = pretrain_discriminator(criterion, real, fake, config, checkpoint=tmp_path / "d.pt")
+    trained = {k: v.clone() for k, v in disc.state_dict().items()}
+    assert history.steps == 30 and {"loss", "logits_real", "logits_fake"} <= set(history.train[-1])
+    assert history.train[-1]["loss"] < history.train[0]["loss"] and gap() > before + 1.0
+    again = tiny_loss(perceptual_weight=0.0)  # a fresh discriminator, loaded from the finished run
+    assert pretrain_discriminator(again, real, fake, config, checkpoint=tmp_path / "d.pt").steps == 30
+    assert all(torch.equal(v, again.discriminator.state_dict()[k]) for k, v in trained.items())
+    with pytest.raises(ValueError, match="one shape"):
+        pretrain_discriminator(criterion, real, fake[:8], config)
+    with pytest.raises(ValueError, match="needs a VQGANLoss with a discriminator"):
+        pretrain_discriminator(VQGANLoss(VQGANLossConfig(perceptual_weight=0.0, disc_weight=0.0), None, None),
+                               real, fake, config)
 
 
 def test_held_out_scores_per_crop():

@@ -15,19 +15,25 @@ Left out: mixed precision (the step runs in float32 whatever ``config.amp`` says
 the step averages the gradients of both networks over the processes itself (DistributedDataParallel
 cannot wrap a loss that differentiates twice for λ); λ and the discriminator's BatchNorm statistics
 are those of each process's slice, and process 0's statistics are saved.
+
+``pretrain_discriminator`` trains the discriminator alone, before the autoencoder: against fixed
+reconstructions of a model that is already trained (a decoder about to be fine-tuned), so that its
+first adversarial gradient is an informed one rather than a random network's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from vqlib.core.device import to_device
 from vqlib.losses.vqgan import VQGANLoss
-from vqlib.training.loop import TrainConfig
+from vqlib.training.loop import History, TrainConfig, fit
 from vqlib.training.steps import Step, adamw, backward, check_finite_terms, lr_factor, update
 
 
@@ -89,3 +95,22 @@ class GANStep(Step):
             self.disc.load_state_dict(state["discriminator"])
             self.opt_d.load_state_dict(state["optimizer_d"])
             self.sched_d.load_state_dict(state["scheduler_d"])
+
+
+def pretrain_discriminator(criterion: VQGANLoss, real: torch.Tensor, fake: torch.Tensor, config: TrainConfig,
+                           checkpoint: str | Path | None = None) -> History:
+    """Train ``criterion``'s discriminator alone, with its hinge loss, on real and fake crops (N, C, H, W).
+
+    fake[i] is a fixed reconstruction of real[i] (from the model the adversarial training will start
+    from); every batch has the same crops both ways, scored in one batch (``VQGANLoss.scores``).
+    ``fit`` runs it: ``config.steps`` steps of AdamW, cached in ``checkpoint``. Returns the History
+    (``"loss"``, ``"logits_real"``, ``"logits_fake"``); the discriminator is trained in place.
+    """
+    if criterion.discriminator is None:
+        raise ValueError("pretrain_discriminator needs a VQGANLoss with a discriminator (disc_weight > 0)")
+    if not (torch.is_tensor(real) and torch.is_tensor(fake)) or real.shape != fake.shape or real.dim() != 4:
+        shapes = [tuple(t.shape) if torch.is_tensor(t) else type(t).__name__ for t in (real, fake)]
+        raise ValueError(f"real and fake must be image batches (N, C, H, W) of one shape, got {shapes[0]} and "
+                         f"{shapes[1]}")
+    return fit(criterion.discriminator, lambda disc, batch: criterion.discriminator_terms(*batch),
+               TensorDataset(real, fake.detach()), config, checkpoint=checkpoint)
