@@ -266,7 +266,7 @@ def test_frozen_codes_train_the_decoder_only_and_keep_every_code():
     assert frozen.train().training and not frozen.encoder.training and not frozen.quantizer.training
 
 
-def test_recipes_run_in_smoke():
+def test_recipes_run_in_smoke(monkeypatch):
     model, history = train_photo_vqvae(profile="smoke")
     assert history.steps == 8 and "psnr" in history.eval[-1]
     assert not any("perceptual" in r or "lambda" in r for r in history.train)
@@ -282,6 +282,10 @@ def test_recipes_run_in_smoke():
                                                        pretrain_steps=2)
     assert pretrained_history.steps == 3 and torch.equal(pretrained.encode(x), model.encode(x))
     assert not torch.equal(pretrained(x).x_hat, tuned(x).x_hat)  # another run, not the cached one above
+    with monkeypatch.context() as patch:  # once the fine-tune is cached, its discriminator comes from its checkpoint
+        patch.setattr("vqlib.recipes.ch05_vqgan.pretrain_discriminator", lambda *args, **kwargs: pytest.fail())
+        cached, _ = fine_tune_decoder(model, "vqgan", profile="smoke", steps=3, seed=1, pretrain_steps=2)
+    assert torch.equal(cached(x).x_hat, pretrained(x).x_hat)
     with pytest.raises(ValueError, match="unknown objective"):
         fine_tune_decoder(model, "lpips", profile="smoke")
     for objective, steps in (("mse", 2), ("vqgan", -1)):

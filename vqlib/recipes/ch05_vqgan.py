@@ -119,7 +119,8 @@ def fine_tune_decoder(model: VQGAN, objective: str, profile: str | None = None, 
     ``model``'s fixed reconstructions of the training crops (``vqlib.training.gan.pretrain_discriminator``;
     the fine-tune's batch size, betas and learning rate, held constant), so that the decoder's first
     adversarial gradients come from a discriminator that can already tell them apart (Chapter 5,
-    Exercise 7). ``overrides`` set fields of VQGANLossConfig, PatchGANConfig or TrainConfig (e.g.
+    Exercise 7); once the fine-tune has a checkpoint, its discriminator comes from there and the
+    pretraining is skipped. ``overrides`` set fields of VQGANLossConfig, PatchGANConfig or TrainConfig (e.g.
     ``seed=1``, which also seeds the pretraining); ``perceptual_weight > 0`` adds the perceptual term
     with the network of ``vqlib.judges.photonet`` trained on the same crops. Scored as it trains by
     its PSNR on ``photos("val")``.
@@ -140,21 +141,22 @@ def fine_tune_decoder(model: VQGAN, objective: str, profile: str | None = None, 
     criterion = VQGANLoss(loss_config, disc, perceptual)
     tuned = FrozenCodes.of(model)
     train, val = photos("train", size, profile), photos("val", size, profile).tensors[0]
-    key = {"from": weights_digest(model), "disc": dataclasses.asdict(disc_config) if disc else None,
+    model_digest = weights_digest(model)
+    key = {"from": model_digest, "disc": dataclasses.asdict(disc_config) if disc else None,
            "perceptual": weights_digest(perceptual.net) if perceptual else None}
-    if pretrain_steps:
-        pretrain = dataclasses.replace(train_config, steps=pretrain_steps, cosine=False, warmup_steps=0,
-                                       eval_every=0)
+    pretrain = dataclasses.replace(train_config, steps=pretrain_steps, cosine=False, warmup_steps=0,
+                                   eval_every=0) if pretrain_steps else None
+    if pretrain:
+        key["pretrain"] = dataclasses.asdict(pretrain)
+    checkpoint = checkpoint_path(f"photo-vqgan-decoder-{objective}", model.config, loss_config, train_config, key,
+                                 data=train, profile=profile)
+    if pretrain and not checkpoint.exists():  # a fine-tune's checkpoint holds its discriminator, pretrained
         crops = train.tensors[0]
         pretrain_discriminator(criterion, crops, reconstruct(model, crops), pretrain,
                                checkpoint=checkpoint_path("photo-vqgan-disc-pretrain", disc_config, pretrain,
-                                                          {"from": weights_digest(model)}, data=train,
-                                                          profile=profile))
-        key["pretrain"] = dataclasses.asdict(pretrain)
+                                                          {"from": model_digest}, data=train, profile=profile))
     history = fit(tuned, GANStep(criterion), train, train_config,
-                  eval_fn=lambda m: {"psnr": float(psnr(val, reconstruct(m, val)))},
-                  checkpoint=checkpoint_path(f"photo-vqgan-decoder-{objective}", model.config, loss_config,
-                                             train_config, key, data=train, profile=profile))
+                  eval_fn=lambda m: {"psnr": float(psnr(val, reconstruct(m, val)))}, checkpoint=checkpoint)
     return tuned, history
 
 
